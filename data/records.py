@@ -1,0 +1,49 @@
+"""Record types and stable, content-derived ids.
+
+Every record a stage writes carries an ``id`` derived from what it is made of, so a rerun
+recomputes the same ids and can skip what is already written, and the ids of what it came
+from, so any row can be traced back to its source text and prompt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def content_id(*parts: Any, length: int = 16) -> str:
+    """A short hex digest of ``parts``; equal inputs give equal ids on every machine."""
+    payload = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+
+
+def config_hash(config: Any) -> str:
+    """The hash a manifest records for a resolved config (plain JSON-able data)."""
+    return content_id(config, length=16)
+
+
+@dataclass(frozen=True)
+class SourceLocation:
+    """Where a record was read from: enough for an error message or a trace back."""
+
+    path: str
+    line: int  # 1-based line for text formats, 1-based row for columnar ones
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass
+class Document:
+    """One corpus text. ``id`` is the source's own id when it has one, else a hash of the text."""
+
+    id: str
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    location: SourceLocation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["location"] = str(self.location) if self.location else None
+        return row

@@ -1,0 +1,64 @@
+"""Typed engine configs: ``engine: {kind: vllm|hf|openai, model: PATH_OR_NAME, ...}``.
+
+Each kind is its own model so a key that makes no sense for that kind is rejected at start.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _EngineConfigBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, description="local checkpoint folder, or a hub name when online")
+    # Chat requests are rendered with the tokenizer's chat template by local engines.
+    tokenizer: str | None = None
+
+
+class VllmEngineConfig(_EngineConfigBase):
+    kind: Literal["vllm"] = "vllm"
+    dtype: str = "auto"  # use float32 for the tiny model on CPU (bf16 AMX path crashes there)
+    max_model_len: int | None = Field(None, ge=16)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_num_seqs: int | None = Field(None, ge=1)
+    enforce_eager: bool = False
+    # Requests handed to vLLM ahead of completion: enough to keep its batch full while
+    # finished ones stream out to disk.
+    queue_depth: int = Field(1024, ge=1)
+    engine_kwargs: dict = Field(default_factory=dict, description="passed to vllm.LLM as is")
+
+
+class HfEngineConfig(_EngineConfigBase):
+    kind: Literal["hf"] = "hf"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    batch_size: int = Field(16, ge=1)
+
+
+class BudgetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_calls: int | None = Field(None, ge=0, description="HTTP calls, retries included")
+    max_tokens: int | None = Field(None, ge=0, description="prompt + completion tokens")
+
+
+class OpenAIEngineConfig(_EngineConfigBase):
+    kind: Literal["openai"] = "openai"
+    base_url: str | None = None  # None: the OpenAI API (or OPENAI_BASE_URL)
+    api_key_env: str = "OPENAI_API_KEY"
+    api: Literal["chat", "completions"] = "chat"
+    max_in_flight: int = Field(16, ge=1, description="HTTP calls in flight, not items")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(8, ge=0)
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    cache_path: str | None = Field(None, description="sqlite request cache; None disables it")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+
+EngineConfig = Annotated[
+    Union[VllmEngineConfig, HfEngineConfig, OpenAIEngineConfig], Field(discriminator="kind")
+]

@@ -1,0 +1,55 @@
+"""The one engine interface and its factory.
+
+An engine takes an iterable of requests and yields results as they finish (not necessarily in
+order), so a stage can write each result to disk the moment it exists: a kill loses at most
+the requests in flight.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterable, Iterator
+
+from llm.types import GenerationRequest, GenerationResult, Usage
+
+
+class EngineError(RuntimeError):
+    """A failure the user must act on (bad model path, unreachable endpoint, budget spent)."""
+
+
+class Engine(ABC):
+    #: the model name recorded in every output's provenance
+    model_name: str = ""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+        self.calls = 0  # model calls actually made (cached results excluded)
+
+    @abstractmethod
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[GenerationResult]:
+        """Yield one result per request, as each finishes."""
+
+    def close(self) -> None:
+        """Release the model or connections. Safe to call twice."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_engine(config) -> Engine:
+    """Build the engine a config names. Imports are lazy: vLLM is only needed when used."""
+    if config.kind == "vllm":
+        from llm.vllm_engine import VllmEngine
+
+        return VllmEngine(config)
+    if config.kind == "hf":
+        from llm.hf_engine import HfEngine
+
+        return HfEngine(config)
+    if config.kind == "openai":
+        from llm.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(config)
+    raise EngineError(f"engine.kind: unknown engine {config.kind!r}")

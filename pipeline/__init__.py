@@ -1,0 +1,1 @@
+"""The ``mathsynth`` CLI, config loading, the generic generation run, and Slurm submission."""
