@@ -1,0 +1,1 @@
+"""The eval stage (not built yet: `mathsynth eval` says so and exits non-zero)."""

@@ -1,0 +1,66 @@
+"""Load a checkpoint and its tokenizer from a local folder, or a hub name when online."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from llm.engine import EngineError
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder must exist and look like a checkpoint; anything else is a hub name.
+
+    Failing here, with the path in the message, beats a deep stack trace from a loader.
+    """
+    path = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
+    if looks_local:
+        if not (path / "config.json").is_file():
+            raise EngineError(f"model {name_or_path}: no config.json there (not a checkpoint folder)")
+        # A local checkpoint must load without a network: stop the hub client from trying.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        return str(path)
+    return name_or_path
+
+
+def torch_dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        # fp32 on CPU: reduced precision there is slow or unsupported on many CPUs.
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, *, dtype: str = "auto", device: str = "auto"):
+    from transformers import AutoModelForCausalLM
+
+    device = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name_or_path), dtype=torch_dtype(dtype, device)
+    )
+    return model.to(device).eval()
+
+
+def render_chat(tokenizer, messages) -> str:
+    """Chat messages as the raw prompt the model was trained on (its own chat template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise EngineError("chat request for a tokenizer without a chat_template; send a raw prompt instead")
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)

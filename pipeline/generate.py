@@ -1,0 +1,196 @@
+"""``mathsynth generate``: template -> engine -> outputs with provenance, over a corpus.
+
+The generic run that synth, distill and eval specialise. One process runs one shard:
+``--shard I/N`` or the Slurm array variables pick which.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from data.corpus import CorpusStats, iter_documents
+from data.records import Document, content_id
+from data.shards import Shard
+from data.storage import StageOutput
+from llm.config import EngineConfig
+from llm.engine import make_engine
+from llm.generation_run import WorkItem, derive_seed, run_generation
+from llm.types import GenerationRequest, SamplingParams
+from pipeline.config import ConfigError
+from data.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(..., min_length=1, description="files, folders or globs of a corpus")
+    text_field: str = "text"
+    id_field: str | None = "id"
+    policy: Literal["fail", "skip"] = "fail"
+    max_chars: int = Field(1_000_000, ge=1, description="longer texts are bad input")
+    limit: int | None = Field(None, ge=1, description="only the first N documents (of the whole corpus)")
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+
+class PromptConfig(BaseModel):
+    """A Jinja template (``{{ text }}``, ``{{ id }}``, ``{{ meta.x }}``); Jinja rather than
+    str.format because math prompts are full of literal braces (``\\boxed{}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str | None = None
+    template_file: str | None = None
+    format: Literal["raw", "chat"] = "raw"
+    system: str | None = Field(None, description="system message, chat format only")
+    window_chars: int | None = Field(1000, ge=1, description="the text is cut to its first N characters")
+    id: str | None = Field(None, description="recorded in every output; default: a hash of the template")
+
+    @model_validator(mode="after")
+    def _exactly_one_template(self):
+        if (self.template is None) == (self.template_file is None):
+            raise ValueError("give exactly one of template or template_file")
+        return self
+
+
+class GenerateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: InputConfig
+    prompt: PromptConfig
+    engine: EngineConfig
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    output: str = Field(..., min_length=1)
+    keep_prompt: bool = Field(True, description="store the rendered prompt in each record")
+
+
+class PromptRenderer:
+    def __init__(self, config: PromptConfig, base_dir: Path | None = None) -> None:
+        import jinja2
+
+        source = config.template
+        if source is None:
+            path = Path(config.template_file)
+            if not path.is_absolute() and base_dir is not None and not path.exists():
+                path = base_dir / path
+            if not path.is_file():
+                raise ConfigError(f"prompt.template_file: {config.template_file} not found")
+            source = path.read_text(encoding="utf-8")
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        try:
+            self.template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as err:
+            raise ConfigError(f"prompt.template: line {err.lineno}: {err.message}") from None
+        self.config = config
+        self.prompt_id = config.id or content_id(source, config.format, config.system, config.window_chars)
+
+    def window(self, text: str) -> str:
+        limit = self.config.window_chars
+        return text if limit is None else text[:limit]
+
+    def render(self, doc: Document) -> str:
+        import jinja2
+
+        try:
+            return self.template.render(text=self.window(doc.text), id=doc.id, meta=doc.meta)
+        except jinja2.UndefinedError as err:
+            raise ConfigError(f"prompt.template: {err.message} (document {doc.location or doc.id})") from None
+
+    def request(self, key: str, doc: Document, sampling: SamplingParams) -> GenerationRequest:
+        body = self.render(doc)
+        if self.config.format == "raw":
+            return GenerationRequest(id=key, sampling=sampling, prompt=body)
+        messages = ({"role": "system", "content": self.config.system},) if self.config.system else ()
+        return GenerationRequest(id=key, sampling=sampling, messages=messages + ({"role": "user", "content": body},))
+
+
+def build_items(
+    docs: Iterable[Document], renderer: PromptRenderer, sampling: SamplingParams, keep_prompt: bool
+) -> Iterator[WorkItem]:
+    for doc in docs:
+        key = content_id(doc.id, renderer.prompt_id)
+        request = renderer.request(key, doc, sampling.with_seed(derive_seed(sampling.seed, key)))
+        provenance = {
+            "input_id": doc.id,
+            "prompt_id": renderer.prompt_id,
+            "window": [0, len(renderer.window(doc.text))],
+        }
+        if keep_prompt:
+            provenance["prompt"] = request.prompt if request.prompt is not None else list(request.messages)
+        yield WorkItem(request=request, provenance=provenance)
+
+
+def limited(docs: Iterable[Document], limit: int | None) -> Iterator[Document]:
+    for count, doc in enumerate(docs):
+        if limit is not None and count >= limit:
+            return
+        yield doc
+
+
+def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | None = None) -> dict:
+    """One shard's whole life: skip if sealed, else generate what is missing and seal it."""
+    renderer = PromptRenderer(config.prompt, base_dir=config_dir)
+    output = StageOutput(
+        config.output,
+        stage="generate",
+        config=config.model_dump(mode="json"),
+        inputs=config.input.paths,
+        num_shards=shard.count,
+    )
+    if output.is_done(shard):
+        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
+        return output.refresh_manifest()
+    corpus_stats = CorpusStats()
+    # --limit counts documents of the whole corpus, so it is applied before sharding.
+    docs = iter_documents(
+        config.input.paths,
+        text_field=config.input.text_field,
+        id_field=config.input.id_field,
+        policy=config.input.policy,
+        max_chars=config.input.max_chars,
+        shard=shard if config.input.limit is None else None,
+        stats=corpus_stats,
+    )
+    if config.input.limit is not None:
+        docs = (d for i, d in enumerate(limited(docs, config.input.limit)) if shard.owns(i))
+    writer = output.open_shard(shard)
+    engine = make_engine(config.engine)
+    try:
+        with progress_bar(f"generate {shard}", unit="doc") as advance:
+            stats = run_generation(
+                build_items(docs, renderer, config.sampling, config.keep_prompt), engine, writer, progress=advance
+            )
+    finally:
+        engine.close()
+        writer.close()
+    log.info(
+        "shard %s: %d docs (%d already done), %d records, %.1f docs/s, %.0f completion tokens/s",
+        shard, stats.items_total, stats.items_skipped_done, stats.records_written,
+        stats.items_generated / max(stats.seconds, 1e-9), stats.completion_tokens / max(stats.seconds, 1e-9),
+    )
+    shard_stats = {
+        "documents": stats.items_total,
+        "generated": stats.items_generated,
+        "resumed_done": stats.items_skipped_done,
+        "corpus_skipped": dict(corpus_stats.skipped),
+        "seconds": stats.seconds,
+        # Tokens of every record held (earlier interrupted runs included), plus what the
+        # engine did in this run (calls, cache hits, retries: only this run is known).
+        "usage": {**writer.usage, "engine_calls_this_run": engine.calls, **_engine_stats(engine)},
+    }
+    if corpus_stats.skipped:
+        log.warning("shard %s: %s", shard, corpus_stats.summary())
+    return output.finish_shard(shard, writer, shard_stats)
+
+
+def _engine_stats(engine) -> dict:
+    stats = getattr(engine, "stats", None)
+    return {f"engine_{k}": v for k, v in stats().items() if isinstance(v, (int, float))} if stats else {}

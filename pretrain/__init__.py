@@ -1,0 +1,1 @@
+"""The pretrain stage (not built yet: `mathsynth pretrain` says so and exits non-zero)."""

@@ -1,0 +1,1 @@
+"""The synth stage (not built yet: `mathsynth synth` says so and exits non-zero)."""
