@@ -282,9 +282,10 @@ def _parse_line(raw: bytes, line: int) -> Any:
     except UnicodeDecodeError as exc:
         raise _BadRow(UNDECODABLE, f"invalid utf-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return json.loads(text)
+        # Without its line ending, a cut-off line reads as "unterminated", not "control character".
+        return json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as exc:
-        raise _BadRow(MALFORMED_JSON, exc.msg) from None
+        raise _BadRow(MALFORMED_JSON, f"{exc.msg}: column {exc.colno}") from None
 
 
 def _to_document(row: Any, location: SourceLocation, fields: _Fields) -> Document:

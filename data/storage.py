@@ -223,7 +223,9 @@ class StageOutput:
         its stats into the manifest. Order matters: a kill before the marker means a rerun
         reopens the shard, finds every id present, and seals it again."""
         writer.close(sync=True)
-        stats = {**stats, "records": len(writer)}
+        # Usage of every record held, earlier interrupted runs included; the stage may add
+        # what only it knows (engine calls, cache hits) under the same key.
+        stats = {**stats, "records": len(writer), "usage": {**writer.usage, **stats.get("usage", {})}}
         atomic_write_json(self.stats_path(shard), stats)
         atomic_write_text(self.done_path(shard), "")
         return self.refresh_manifest()

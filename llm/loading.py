@@ -51,7 +51,9 @@ def load_tokenizer(name_or_path: str):
 
 def load_model(name_or_path: str, *, dtype: str = "auto", device: str = "auto"):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load buries the run's own progress and errors
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(
         resolve_model_path(name_or_path), dtype=torch_dtype(dtype, device)

@@ -56,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     for stage in NOT_BUILT:
-        stub = commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
-        stub.add_argument("rest", nargs=argparse.REMAINDER)
+        commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
     return parser
 
 
@@ -114,10 +113,13 @@ def _report(output: str, manifest: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     if args.command in NOT_BUILT:
-        return not_built(args.command)
+        return not_built(args.command)  # whatever arguments it was given
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo}
     try:
         return handlers[args.command](args)

@@ -182,9 +182,9 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
         "resumed_done": stats.items_skipped_done,
         "corpus_skipped": dict(corpus_stats.skipped),
         "seconds": stats.seconds,
-        # Tokens of every record held (earlier interrupted runs included), plus what the
-        # engine did in this run (calls, cache hits, retries: only this run is known).
-        "usage": {**writer.usage, "engine_calls_this_run": engine.calls, **_engine_stats(engine)},
+        # What the engine did in this run (calls, cache hits, retries); the tokens of the
+        # records themselves are summed by the storage layer.
+        "usage": {"engine_calls_this_run": engine.calls, **_engine_stats(engine)},
     }
     if corpus_stats.skipped:
         log.warning("shard %s: %s", shard, corpus_stats.summary())

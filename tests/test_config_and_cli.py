@@ -1,0 +1,78 @@
+"""Configs are validated at start with one line naming the key; the CLI never half-runs."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from pipeline.cli import main
+from pipeline.config import ConfigError, load_config
+from pipeline.generate import GenerateConfig
+
+GOOD = """
+input: {paths: [corpus.jsonl]}
+prompt: {template: "Q: {{ text }}"}
+engine: {kind: hf, model: /nowhere}
+output: out
+"""
+
+
+def _config(tmp_path, text=GOOD):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_demo_config_validates():
+    config = load_config(GenerateConfig, REPO_ROOT / "configs" / "demo.yaml")
+    assert config.engine.kind == "vllm" and config.sampling.max_tokens > 0
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    config = load_config(GenerateConfig, _config(tmp_path), ["sampling.temperature=0.6", "sampling.stop=['##']", "engine.batch_size=4"])
+    assert config.sampling.temperature == 0.6 and config.sampling.stop == ("##",) and config.engine.batch_size == 4
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sampling.temperature=-1", r"run\.yaml: sampling\.temperature: Input should be greater than or equal to 0 \(got -1\)"),
+        ("engine.kind=vlm", r"run\.yaml: engine: Input tag 'vlm' found using 'kind' does not match"),
+        ("engine.dtyp=float32", r"run\.yaml: engine\.dtyp: unknown key"),
+        ("input.policy=ignore", r"run\.yaml: input\.policy: Input should be 'fail' or 'skip' \(got 'ignore'\)"),
+        ("engine.batch_size=zero", r"run\.yaml: engine\.batch_size: .* \(got 'zero'\)"),
+    ],
+)
+def test_a_bad_value_names_the_key_in_one_line(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(GenerateConfig, _config(tmp_path), [override])
+    assert "\n" not in str(err.value)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"run\.yaml:[34]: invalid YAML"):
+        load_config(GenerateConfig, _config(tmp_path, "input: {paths: [a]}\nprompt:\n  template: [unclosed\n"))
+
+
+def test_cli_prints_one_line_and_exits_2_on_a_bad_config(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "generate", "--config", str(_config(tmp_path)), "--set", "sampling.n=0"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"mathsynth generate: error: {tmp_path / 'run.yaml'}: sampling.n: Input should be greater than or equal to 1 (got 0)"
+    ]
+    assert not (tmp_path / "out").exists()  # nothing written before validation passed
+
+
+@pytest.mark.parametrize("stage", ["distill", "influence", "synth", "pretrain", "eval"])
+def test_a_stage_not_built_says_so_and_fails(stage, capsys):
+    assert main([stage, "--config", "x.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mathsynth {stage}: not built yet")
+
+
+def test_python_dash_m_stage_works_like_the_cli():
+    result = subprocess.run([sys.executable, "-m", "synth"], capture_output=True, text=True)
+    assert result.returncode == 2 and "mathsynth synth: not built yet" in result.stderr
