@@ -46,6 +46,16 @@ def result_from_vllm(request_id: str, output) -> GenerationResult:
     return GenerationResult(request_id=request_id, completions=completions, usage=usage)
 
 
+def _client_errors() -> tuple[type[Exception], ...]:
+    """What vLLM raises for a request it refuses (its name moved between versions)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+
+        return (ValueError, VLLMClientError)
+    except ImportError:
+        return (ValueError,)
+
+
 def _on_cpu_platform() -> bool:
     from vllm.platforms import current_platform
 
@@ -102,7 +112,7 @@ class VllmEngine(Engine):
                     vllm_id = f"mathsynth-{next(self._counter)}"
                     try:
                         engine.add_request(vllm_id, self._prompt_text(request), to_vllm_sampling(request.sampling))
-                    except ValueError as err:  # e.g. a prompt longer than max_model_len
+                    except _client_errors() as err:  # e.g. a prompt longer than max_model_len
                         raise EngineError(f"request {request.id}: vllm refused it: {err}") from err
                     ours[vllm_id] = request.id
             if not engine.has_unfinished_requests():
