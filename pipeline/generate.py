@@ -135,8 +135,11 @@ def limited(docs: Iterable[Document], limit: int | None) -> Iterator[Document]:
         yield doc
 
 
-def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | None = None) -> dict:
-    """One shard's whole life: skip if sealed, else generate what is missing and seal it."""
+def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | None = None, engine=None) -> dict:
+    """One shard's whole life: skip if sealed, else generate what is missing and seal it.
+
+    ``engine``: an engine already built from ``config.engine`` (benchmarks reuse one across
+    runs); by default the run builds its own and closes it at the end."""
     renderer = PromptRenderer(config.prompt, base_dir=config_dir)
     output = StageOutput(
         config.output,
@@ -162,14 +165,16 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
     if config.input.limit is not None:
         docs = (d for i, d in enumerate(limited(docs, config.input.limit)) if shard.owns(i))
     writer = output.open_shard(shard)
-    engine = make_engine(config.engine)
+    owns_engine = engine is None
+    engine = make_engine(config.engine) if owns_engine else engine
     try:
         with progress_bar(f"generate {shard}", unit="doc") as advance:
             stats = run_generation(
                 build_items(docs, renderer, config.sampling, config.keep_prompt), engine, writer, progress=advance
             )
     finally:
-        engine.close()
+        if owns_engine:
+            engine.close()
         writer.close()
     log.info(
         "shard %s: %d docs (%d already done), %d records, %.1f docs/s, %.0f completion tokens/s",
