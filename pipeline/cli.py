@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpx2", "httpcore", "openai"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)  # one line per HTTP call buries the run's own log
     handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo}
     try:
         return handlers[args.command](args)

@@ -172,6 +172,7 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
             stats = run_generation(
                 build_items(docs, renderer, config.sampling, config.keep_prompt), engine, writer, progress=advance
             )
+        engine_usage = {"engine_calls_this_run": engine.calls, **_engine_stats(engine)}
     finally:
         if owns_engine:
             engine.close()
@@ -189,7 +190,7 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
         "seconds": stats.seconds,
         # What the engine did in this run (calls, cache hits, retries); the tokens of the
         # records themselves are summed by the storage layer.
-        "usage": {"engine_calls_this_run": engine.calls, **_engine_stats(engine)},
+        "usage": engine_usage,
     }
     if corpus_stats.skipped:
         log.warning("shard %s: %s", shard, corpus_stats.summary())
