@@ -185,6 +185,8 @@ def _resolve_path(path: str, *, named: bool) -> list[str]:
             raise CorpusError(f"{path}: a saved DatasetDict; name one split folder ({', '.join(splits)})")
         if _is_hf_dataset(path):
             return [path]
+        if os.path.isfile(os.path.join(path, "manifest.json")):
+            return _stage_output_parts(path)
         files = _walk(path)
         if named and not files:
             raise CorpusError(f"{path}: no corpus files in folder ({_SUPPORTED})")
@@ -196,6 +198,18 @@ def _resolve_path(path: str, *, named: bool) -> list[str]:
             raise CorpusError(f"{path}: unsupported file type ({_SUPPORTED})")
         return []
     raise CorpusError(f"{path}: no such file or folder")
+
+
+def _stage_output_parts(folder: str) -> list[str]:
+    """A stage output folder is read through its part files, and only once every shard is
+    sealed: half of an upstream run must never pass for the whole of it."""
+    from data.storage import read_json
+
+    manifest = read_json(Path(folder) / "manifest.json")
+    if not manifest.get("complete"):
+        missing = sorted(set(range(manifest.get("num_shards", 1))) - set(manifest.get("shards_done", [])))
+        raise CorpusError(f"{folder}: stage output is incomplete (shards {missing} not done); finish it first")
+    return sorted(str(p) for p in Path(folder).glob("part-*-of-*.jsonl"))
 
 
 def _walk(folder: str) -> list[str]:

@@ -146,7 +146,7 @@ def test_shipped_sample_corpus_reads_fully_and_matches_its_readme():
 
 
 BAD_LINES = [
-    (b'{"id": "x" "text": "y"}', "malformed JSON (Expecting ',' delimiter)"),
+    (b'{"id": "x" "text": "y"}', "malformed JSON (Expecting ',' delimiter: column 12)"),
     (b'["a list"]', "not a JSON object (got an array)"),
     (b'{"id": "x"}', "missing text field ('text')"),
     (b'{"text": 17}', "text not a string ('text' is a number)"),
@@ -181,7 +181,7 @@ def test_skip_policy_counts_by_reason_and_yields_the_good_rows(tmp_path):
     assert stats.skipped == {"malformed JSON": 2, "not a JSON object": 1, "missing text field": 1,
                              "text not a string": 1, "empty text": 1, "text too long": 1, "undecodable bytes": 1}
     assert (stats.read, stats.yielded, stats.skipped_total) == (11, 3, 8)
-    assert stats.first_skipped[0] == f"{path}:3: malformed JSON (Expecting ',' delimiter)"
+    assert stats.first_skipped[0] == f"{path}:3: malformed JSON (Expecting ',' delimiter: column 12)"
     assert len(stats.first_skipped) == stats.keep_examples
     summary = stats.summary()
     assert "\n" not in summary and "3 yielded" in summary and "malformed JSON: 2" in summary
@@ -324,3 +324,19 @@ def test_memory_stays_flat_on_a_large_file(tmp_path):
         tracemalloc.stop()
     assert count == n
     assert peak < 2 * 2**20 < size / 5, (peak, size)
+
+
+def test_a_stage_output_folder_reads_its_parts_only_when_complete(tmp_path):
+    from data.shards import Shard
+    from data.storage import StageOutput
+
+    output = StageOutput(tmp_path / "up", stage="generate", config={"x": 1}, num_shards=2)
+    writer = output.open_shard(Shard(0, 2))
+    writer.write({"id": "a", "text": "first"})
+    output.finish_shard(Shard(0, 2), writer, {})
+    with pytest.raises(CorpusError, match=r"stage output is incomplete \(shards \[1\] not done\)"):
+        list(iter_documents(tmp_path / "up"))
+    writer = output.open_shard(Shard(1, 2))
+    writer.write({"id": "b", "text": "second"})
+    output.finish_shard(Shard(1, 2), writer, {})
+    assert [d.id for d in iter_documents(tmp_path / "up")] == ["a", "b"]
