@@ -1,1 +1,3 @@
-"""The eval stage (not built yet: `mathsynth eval` says so and exits non-zero)."""
+"""Evaluation: the benchmark suite, prompting in natural-language and tool settings, answer
+extraction and grading (the project's one notion of a correct answer), a sandbox for
+model-written code, metrics and reports."""
