@@ -1,0 +1,67 @@
+"""``mathsynth eval score``: grade completions produced elsewhere against a benchmark.
+
+Rows are matched to problems by an id field (a record id such as ``gsm8k/test/17``, or the
+problem's 0-based position) or, by default, by order. Every prediction is graded with the
+same extraction and grader as ``eval run``, so numbers from other tools are comparable.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eval.types import BenchmarkRecord
+
+
+class ScoreInputError(ValueError):
+    pass
+
+
+def read_predictions(path: Path, field: str) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ScoreInputError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+            if not isinstance(row, dict) or field not in row:
+                raise ScoreInputError(f"{path}:{number}: no field {field!r}")
+            rows.append(row)
+    return rows
+
+
+def match_rows(records: list[BenchmarkRecord], rows: list[dict[str, Any]], id_field: str | None, path: Path):
+    if id_field is None:
+        if len(rows) != len(records):
+            raise ScoreInputError(f"{path}: {len(rows)} predictions for {len(records)} problems; match by --id-field or give one per problem")
+        return list(zip(records, rows))
+    index = {r.id: r for r in records} | {str(i): r for i, r in enumerate(records)}
+    pairs = []
+    for number, row in enumerate(rows, start=1):
+        key = str(row.get(id_field))
+        if key not in index:
+            raise ScoreInputError(f"{path}: row {number}: {id_field}={key!r} matches no problem")
+        pairs.append((index[key], row))
+    return pairs
+
+
+def score(benchmark: str, predictions: Path, field: str, *, id_field: str | None = None,
+          timeout_s: float = 5.0) -> tuple[list[dict[str, Any]], str]:
+    from eval.benchmarks import load_benchmark
+    from eval.report import accuracy_line
+    from eval.run import Grading, extract
+
+    records = load_benchmark(benchmark)
+    pairs = match_rows(records, read_predictions(predictions, field), id_field, predictions)
+    grading = Grading(timeout_s)
+    try:
+        answers = [(record, extract(record, row[field] if isinstance(row[field], str) else str(row[field])))
+                   for record, row in pairs]
+        graded = [{"problem_id": record.id, "gold": record.gold, **verdict}
+                  for (record, _), verdict in zip(answers, grading.grade(answers))]
+    finally:
+        grading.close()
+    return graded, accuracy_line(benchmark, graded)
