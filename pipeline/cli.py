@@ -20,7 +20,6 @@ NOT_BUILT = {
     "influence": "gradient-influence selection",
     "synth": "synthesizer training and mass generation",
     "pretrain": "continued pre-training",
-    "eval": "benchmark evaluation",
 }
 EXIT_USER_ERROR = 2
 
@@ -55,9 +54,96 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="runs/demo")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
+    _add_eval_parser(commands)
+
     for stage in NOT_BUILT:
         commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
     return parser
+
+
+def _add_eval_parser(commands) -> None:
+    evaluation = commands.add_parser("eval", help="benchmarks: run a model, score predictions, grade answers")
+    verbs = evaluation.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="evaluate a model on benchmarks (sharded, resumable)")
+    _add_run_args(run, config_required=False)
+    run.add_argument("--model", help="checkpoint folder or hub name (engine.model)")
+    run.add_argument("--engine", choices=["vllm", "hf", "openai"], help="engine.kind")
+    run.add_argument("--benchmarks", help="comma-separated names, e.g. gsm8k,math500")
+    run.add_argument("--setting", choices=["nl", "tool", "pot"])
+    run.add_argument("--prompt", choices=["auto", "zero_shot", "few_shot", "chat"])
+    run.add_argument("--n", type=int, help="samples per problem")
+    run.add_argument("--limit", type=int, help="first N problems of each benchmark")
+    run.add_argument("--output", help="output folder (default runs/eval/<model>-<setting>)")
+
+    score = verbs.add_parser("score", help="grade completions produced elsewhere; last line is the accuracy")
+    score.add_argument("--benchmark", required=True)
+    score.add_argument("--predictions", required=True, help="JSONL, one row per problem")
+    score.add_argument("--field", required=True, help="the field holding the completion or answer")
+    score.add_argument("--id-field", help="match rows to problems by this field (default: by order)")
+    score.add_argument("--out", help="write the graded rows here (JSONL)")
+
+    grade = verbs.add_parser("grade", help="one JSON verdict per {gold, pred} row")
+    grade.add_argument("--pairs", required=True)
+    grade.add_argument("--answer-type", default="expression", choices=["number", "expression", "choice", "text"])
+
+    report = verbs.add_parser("report", help="(re)write report.json / report.md of a finished eval run")
+    report.add_argument("--output", required=True)
+
+
+def eval_run_config(args: argparse.Namespace):
+    """Flags are shorthands for config keys: a config file, then flags, then --set."""
+    from eval.run import EvalConfig
+    from pipeline.config import apply_override, load_raw, validate
+
+    raw = load_raw(args.config)
+    flags = {
+        "engine.model": args.model, "engine.kind": args.engine, "benchmarks": args.benchmarks,
+        "setting": args.setting, "prompt": args.prompt, "n": args.n, "limit": args.limit, "output": args.output,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            node, *path = key.split(".")
+            target = raw.setdefault(node, {}) if path else raw
+            target[path[0] if path else node] = value
+    if "output" not in raw and isinstance(raw.get("engine"), dict) and raw["engine"].get("model"):
+        raw["output"] = f"runs/eval/{Path(str(raw['engine']['model'])).name}-{raw.get('setting', 'nl')}"
+    for assignment in args.overrides:
+        apply_override(raw, assignment)
+    return validate(EvalConfig, raw, source=args.config or "eval run")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.verb == "run":
+        from data.shards import resolve_shard
+        from eval.run import run_eval
+
+        config = eval_run_config(args)
+        manifest = run_eval(config, resolve_shard(args.shard))
+        if manifest["complete"]:
+            print((Path(config.output) / "report.md").read_text(), end="")
+        _report(config.output, manifest)
+        return 0
+    if args.verb == "score":
+        import json
+
+        from eval.score import score
+
+        rows, line = score(args.benchmark, Path(args.predictions), args.field, id_field=args.id_field)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        print(line)
+        return 0
+    if args.verb == "grade":
+        from eval.grade_cli import grade_pairs
+
+        grade_pairs(args.pairs, answer_type=args.answer_type)
+        return 0
+    from eval.report import markdown, write_report
+
+    print(markdown(write_report(Path(args.output))), end="")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -109,7 +195,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _report(output: str, manifest: dict) -> None:
     counts = manifest.get("counts", {})
     state = "complete" if manifest.get("complete") else f"{len(manifest.get('shards_done', []))}/{manifest.get('num_shards')} shards done"
-    print(f"{output}: {counts.get('records', 0)} records from {counts.get('documents', 0)} documents ({state})")
+    source = f" from {counts['documents']} documents" if "documents" in counts else ""
+    print(f"{output}: {counts.get('records', 0)} records{source} ({state})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(chatty).setLevel(logging.WARNING)  # one line per HTTP call buries the run's own log
-    handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo}
+    handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo, "eval": cmd_eval}
     try:
         return handlers[args.command](args)
     except Exception as err:
