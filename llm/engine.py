@@ -16,6 +16,11 @@ class EngineError(RuntimeError):
     """A failure the user must act on (bad model path, unreachable endpoint, budget spent)."""
 
 
+class BudgetExceeded(EngineError):
+    """The call or token budget would be exceeded; finished calls are cached, so a rerun with
+    a larger budget resumes where this one stopped."""
+
+
 class Engine(ABC):
     #: the model name recorded in every output's provenance
     model_name: str = ""
