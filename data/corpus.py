@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Iterator, Literal, Sequence, Union
 
 import zstandard
 
+from data.errors import UserError
 from data.records import Document, SourceLocation, content_id
 from data.shards import Shard
 
@@ -61,7 +62,7 @@ UNDECODABLE = "undecodable bytes"
 TORN_FILE = "truncated or corrupt file"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A corpus problem, as one line: ``path:line: reason`` or ``path: reason``."""
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from data.errors import UserError
 
-class ShardSpecError(ValueError):
+
+class ShardSpecError(UserError, ValueError):
     pass
 
 

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from data.errors import UserError
 from data.records import config_hash
 from data.shards import Shard
 
@@ -33,7 +34,7 @@ MANIFEST = "manifest.json"
 FLUSH_INTERVAL_S = 1.0
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """A stage output folder that cannot be used as asked (wrong config, corrupt part)."""
 
 

@@ -36,7 +36,11 @@ class EvalConfig(BaseModel):
     n: int = Field(1, ge=1, description="samples per problem (pass@k / maj@k)")
     limit: int | None = Field(None, ge=1, description="first N problems of each benchmark")
     engine: EngineConfig
-    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=1024, seed=0))
+    # Greedy, 1024 new tokens (JiuZhang3.0's setting); stop before the model starts inventing
+    # the next few-shot question.
+    sampling: SamplingParams = Field(
+        default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=1024, seed=0, stop=("## Question",))
+    )
     max_rounds: int = Field(4, ge=1, description="code executions per problem in the tool setting")
     sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
     grading_timeout_s: float = Field(5.0, gt=0)

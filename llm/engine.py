@@ -9,10 +9,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Iterable, Iterator
 
+from data.errors import UserError
 from llm.types import GenerationRequest, GenerationResult, Usage
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """A failure the user must act on (bad model path, unreachable endpoint, budget spent)."""
 
 

@@ -12,7 +12,13 @@ from typing import Iterable, Iterator
 from llm.config import HfEngineConfig
 from llm.engine import Engine
 from llm.loading import load_model, load_tokenizer, render_chat
-from llm.types import Completion, GenerationRequest, GenerationResult, SamplingParams, Usage
+from llm.types import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Usage,
+)
 
 # How many requests are read ahead to form length-sorted batches.
 LOOKAHEAD_BATCHES = 8

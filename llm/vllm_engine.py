@@ -13,7 +13,13 @@ from typing import Iterable, Iterator
 from llm.config import VllmEngineConfig
 from llm.engine import Engine, EngineError
 from llm.loading import render_chat, resolve_model_path
-from llm.types import Completion, GenerationRequest, GenerationResult, SamplingParams, Usage
+from llm.types import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    Usage,
+)
 
 log = logging.getLogger(__name__)
 

@@ -221,13 +221,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(err: Exception) -> bool:
     """Errors whose message already tells the user what to fix: no traceback for those."""
-    from data.corpus import CorpusError
-    from data.shards import ShardSpecError
-    from data.storage import StorageError
-    from llm.engine import EngineError
-    from pipeline.config import ConfigError
+    from data.errors import UserError
 
-    return isinstance(err, (ConfigError, CorpusError, ShardSpecError, StorageError, EngineError))
+    return isinstance(err, UserError)
 
 
 if __name__ == "__main__":

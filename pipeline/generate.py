@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from data.corpus import CorpusStats, iter_documents
+from data.progress import progress_bar
 from data.records import Document, content_id
 from data.shards import Shard
 from data.storage import StageOutput
@@ -20,7 +21,6 @@ from llm.engine import make_engine
 from llm.generation_run import WorkItem, derive_seed, run_generation
 from llm.types import GenerationRequest, SamplingParams
 from pipeline.config import ConfigError
-from data.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
