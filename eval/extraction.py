@@ -1,0 +1,539 @@
+"""Find the final answer in a completion or a gold solution, and read plain numbers.
+
+Order (JiuZhang3.0, NeMo-Skills): the last ``\\boxed{}`` (brace matched), then an explicit
+answer phrase ("The answer is", "answer is:", "Answer:", "####"), then the last number.
+Multiple choice has its own reader (:func:`extract_choice`) that never takes a letter out of
+LaTeX (``\\Delta E``) or the article "A".
+
+Everything here is plain string work (regexes without nested quantifiers, linear scans): it
+runs in the caller's process on every graded pair, so it must be fast and can never hang.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from typing import Literal
+
+from eval.types import AnswerType
+
+# How an answer was found. "boxed", "anchor" and "bare" are strong: the text says where its
+# answer is (or is nothing but an answer), so a mismatch on them is final. "math" (the last
+# math span) and "number" (the last number) are guesses on free text without any marker.
+How = Literal["boxed", "anchor", "bare", "math", "number", "none"]
+
+
+@dataclass(frozen=True)
+class Located:
+    answer: str | None
+    how: How
+    # For a guess: the text it was guessed from (the whole text, or the prose after an answer
+    # phrase). Grading hands it to math-verify's own search when the guess does not match.
+    context: str | None = None
+
+    @property
+    def strong(self) -> bool:
+        return self.how in ("boxed", "anchor", "bare")
+
+
+# --- \boxed{} ---------------------------------------------------------------------------
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every outermost complete box, in order.
+
+    Brace matching, not a regex, because contents nest (``\\boxed{\\frac{1}{2}}``). ``\\boxed 5``
+    takes the next token. A box left open (a truncated generation) is skipped, not guessed at.
+    """
+    found: list[tuple[int, int, str]] = []
+    pos = 0
+    while (match := _BOX_RE.search(text, pos)) is not None:
+        i = match.end()
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == "{" and text[j - 1] != "\\":
+                    depth += 1
+                elif text[j] == "}" and text[j - 1] != "\\":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if depth != 0:
+                pos = i + 1
+                continue
+            content, end = text[i + 1 : j], j + 1
+        elif i > match.end() and (token := re.match(r"[^\s$]+", text[i:])):
+            content, end = token.group(0), i + token.end()
+        else:
+            pos = match.end()
+            continue
+        content = content.strip()
+        inner = _boxes(content) if content.startswith("\\") else []
+        if len(inner) == 1 and inner[0][0] == 0 and inner[0][1] == len(content):
+            content = inner[0][2]  # \boxed{\boxed{5}}
+        if content:
+            found.append((match.start(), end, content))
+        pos = end
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed x``, or None."""
+    boxes = _boxes(text)
+    return boxes[-1][2] if boxes else None
+
+
+_WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf)\s*\{([^{}]*)\}")
+_LATEX_SPACING_RE = re.compile(r"\\(?:q?quad|[,;:! ])|\\[()\[\]]|\$|\\\\|~")
+_BOX_LABEL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$")
+_CONNECTOR_RE = re.compile(r"(?:^|[\s,;])(?:and|or)[\s,;]*$|^[\s,;.]*$|[,;]\s*$", re.IGNORECASE)
+
+
+def _joins_boxes(between: str) -> bool:
+    """Whether the text between two boxes is only list glue ("and", ",", "\\quad").
+
+    "x = \\boxed{2} or \\boxed{3}" is one answer {2, 3}; "\\boxed{1}, no, wait: \\boxed{2}" is a
+    correction whose answer is 2. Short digit-free glue ending in a connector counts
+    ("\\text{ for part (a) and }"); anything longer is prose.
+    """
+    cleaned = _LATEX_SPACING_RE.sub(" ", _WRAPPER_RE.sub(r" \1 ", between))
+    cleaned = _BOX_LABEL_RE.sub("", cleaned).strip()  # "and y_2 = \boxed{..}": a label, not prose
+    return len(cleaned) <= 40 and not re.search(r"\d", cleaned) and bool(_CONNECTOR_RE.search(cleaned))
+
+
+def boxed_answer(text: str) -> str | None:
+    """The last box, joined (", ") with the boxes just before it that only connectors separate."""
+    boxes = _boxes(text)
+    if not boxes:
+        return None
+    group = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        if not _joins_boxes(text[box[1] : group[0][0]]):
+            break
+        group.insert(0, box)
+    return ", ".join(content for _, _, content in group)
+
+
+# --- "The answer is ..." ----------------------------------------------------------------
+
+_ANCHOR_RE = re.compile(r"(?:\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####)", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\n|\s+I hope\b")
+_OPENERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+
+
+@dataclass(frozen=True)
+class _Anchored:
+    start: int  # where the answer phrase is: a later phrase beats an earlier \boxed{}
+    segment: str  # the text after it, math delimiters kept
+    is_span: bool  # the segment is exactly one math span ("The answer is $\frac{1}{2}$.")
+
+    @property
+    def answer(self) -> str:
+        if self.is_span:
+            return self.segment
+        answer = strip_math_delimiters(self.segment).strip(" \t*").rstrip(".,;:").strip()
+        return _QUOTES_RE.sub("", answer).strip()  # 'The final answer is \"$12$ and $13$\".'
+
+
+_QUOTES_RE = re.compile(r"^(?:\\?[\"'`])+|(?:\\?[\"'`])+$")
+
+
+def _segment_after(rest: str) -> tuple[str, bool]:
+    """The answer after an answer phrase: a math span, else the rest of the sentence."""
+    rest = rest.lstrip(" \t*")
+    if rest.startswith("\n"):  # "The answer is:\n$$42$$"
+        rest = rest.lstrip()
+    for opener, closer in _OPENERS:
+        if rest.startswith(opener):
+            end = rest.find(closer, len(opener))
+            # "$18." is a price, not an open math span: a span must close in the same paragraph
+            if end != -1 and "\n\n" not in rest[:end]:
+                after = rest[end + len(closer) :]
+                if re.match(r"\s*(?:[.,;:]|\n|$|I hope)", after):
+                    return rest[len(opener) : end].strip().rstrip(".").strip(), True
+            break
+    cut = _SENTENCE_END_RE.search(rest)
+    return (rest[: cut.start()] if cut else rest).strip(), False
+
+
+def _last_anchor(text: str) -> _Anchored | None:
+    for match in reversed(list(_ANCHOR_RE.finditer(text))):
+        segment, is_span = _segment_after(text[match.end() :])
+        anchored = _Anchored(match.start(), segment, is_span)
+        if anchored.answer:
+            return anchored
+    return None
+
+
+def anchored_answer(text: str) -> str | None:
+    """What follows the last answer phrase ("The answer is", "Answer:", "####"), or None."""
+    anchored = _last_anchor(text)
+    return anchored.answer if anchored else None
+
+
+# --- free text fallbacks ----------------------------------------------------------------
+
+# A number not glued to a preceding letter, digit or dot ("AZYUK2A" has none, "x2" neither),
+# with optional comma thousands separators (groups of three) and decimals. Number answers also
+# take a decimal comma ("2,74"); expressions do not, where "1,22" is the list {1, 22}.
+_NUMBER_BODY = r"(?<![A-Za-z0-9_.])[-+]?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|(?<![\w.])[-+]?\.\d+"
+_NUMBER_RE = re.compile(_NUMBER_BODY)
+_NUMBER_DECIMAL_COMMA_RE = re.compile(r"(?<![A-Za-z0-9_.,])[-+]?\d+,(?:\d{1,2}|\d{4,})(?![\d,])|" + _NUMBER_BODY)
+
+
+def _number_re(decimal_comma: bool) -> re.Pattern[str]:
+    return _NUMBER_DECIMAL_COMMA_RE if decimal_comma else _NUMBER_RE
+
+
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$([^$]+?)(?<!\\)\$", re.DOTALL)
+
+
+def last_number(text: str, decimal_comma: bool = False) -> str | None:
+    """The last number in ``text`` ("1,000.5", "-3", ".5"), as written, or None."""
+    match = _last_match(_number_re(decimal_comma), _unspace_digits(text))
+    return match.group(0) if match else None
+
+
+def _unspace_digits(text: str) -> str:
+    """LaTeX digit grouping ("11,\\!111", "11{,}111") back to plain commas."""
+    return text.replace("\\!", "").replace("{,}", ",")
+
+
+def last_math_span(text: str) -> str | None:
+    """The content of the last ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]``, or None."""
+    spans = [next(g for g in m.groups() if g is not None).strip() for m in _MATH_SPAN_RE.finditer(text)]
+    spans = [s for s in spans if s]
+    return spans[-1] if spans else None
+
+
+def strip_math_delimiters(text: str) -> str:
+    return re.sub(r"\$|\\[()\[\]]", " ", text).strip()
+
+
+_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}(?![A-Za-z])")
+_PROSE_WORD_RE = re.compile(
+    r"\b(?:is|are|was|were|be|the|so|we|it|of|to|that|this|thus|hence|therefore|which|then|get|has|have)\b",
+    re.IGNORECASE,
+)
+
+
+def bare_answer(text: str) -> str | None:
+    """``text`` itself when it is nothing but an answer ("$\\frac{1}{2}$", "10, 4, -2"), else None.
+
+    Gold fields are usually bare answers, and so are many `pred` fields given to the grade CLI.
+    Prose (more than two words outside LaTeX, a word like "is" or "the", a sentence ending in a
+    full stop, several math spans, paragraphs) is not.
+    """
+    stripped = text.strip()
+    for opener, closer in _OPENERS:
+        if stripped.startswith(opener) and stripped.endswith(closer) and len(stripped) > len(opener) + len(closer):
+            inner = stripped[len(opener) : -len(closer)]
+            if opener not in inner and closer not in inner:
+                return inner.strip() or None
+    if not stripped or re.search(r"(?<!\\)\$", stripped) or "\\(" in stripped or "\\[" in stripped or "\n\n" in stripped:
+        return None
+    outside_latex = re.sub(r"\\[A-Za-z]+", " ", _WRAPPER_RE.sub(" ", stripped))
+    if len(stripped) > 300 or len(_WORD_RE.findall(outside_latex)) > 2 or _PROSE_WORD_RE.search(outside_latex):
+        return None
+    if re.search(r"[A-Za-z]{2,}[.!?]\s*$", outside_latex):  # a sentence: "I give up."
+        return None
+    return stripped
+
+
+# --- numbers ----------------------------------------------------------------------------
+
+_UNIT_WRAPPER_RE = re.compile(
+    r"\s*\\(?:text|textnormal|textrm|textit|textbf|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?[23]\}?)?\s*$"
+)
+# Spaced unit words ("5 apples", "125 miles", "28 percent"); "and"/"or" make a list, not a unit.
+_UNIT_WORDS_RE = re.compile(r"^(?:\s+(?!(?:and|or)\b)[A-Za-z]{2,}\.?(?:[²³]|\^\{?[23]\}?)?)+\s*$")
+# Glued units: symbols, "m²", a braced word ("144{m}^3"), or a word of four letters or more
+# ("10weeks"); "2x", "10cm" and "3ab" stay expressions (a variable, or too ambiguous to drop).
+_GLUED_UNIT_RE = re.compile(r"^\s*(?:[€£¥₹]|[A-Za-z]{1,3}[²³]|°[CF]?|[a-z]{4,}|\{[A-Za-z]+\}(?:\^\{?[23]\}?)?)\s*$")
+# "x =", "a_1 =", "f(x) =" in front of an answer names it; one "=" only ("2x+4y=3" is an equation)
+_ASSIGNMENT_RE = re.compile(r"^\s*[A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([A-Za-z]\))?\s*=\s*(?=[^=]+$)")
+_PERCENT_RE = re.compile(r"\s*(?:\\?%|\s(?:percent|percentage|pct))\s*$", re.IGNORECASE)
+_PLAIN_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_MIXED_RES = (  # "2 1/2", "2\frac{1}{2}": MATH writes mixed numbers; the fraction must be proper
+    re.compile(r"([+-]?)(\d+)\s+(\d+)/(\d+)"),
+    re.compile(r"([+-]?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}"),
+    re.compile(r"([+-]?)(\d+)\s*\\frac(\d)(\d)"),
+)
+_FRACTION_RES = (
+    re.compile(r"([+-]?)(\d+)/(\d+)"),
+    re.compile(r"([+-]?)\\frac\{([+-]?\d+)\}\{(\d+)\}"),
+    re.compile(r"([+-]?)\\frac(\d)(\d)"),
+)
+
+
+def _strip_decorations(text: str) -> str:
+    """LaTeX spacing, dollar signs, \\left/\\right, degree marks: never part of the value."""
+    s = text.strip().rstrip(".").strip()
+    s = s.replace("\\$", "").replace("$", "").replace("{,}", ",")
+    s = re.sub(r"\\(?:left|right|displaystyle)(?![A-Za-z])|\\[!,;: ]|~", "", s)
+    s = re.sub(r"\\[dtc]frac(?![A-Za-z])", r"\\frac", s)
+    s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree(?![A-Za-z])", "", s)
+    return s.strip()
+
+
+def parse_number(text: str | None, decimal_comma: bool = False) -> tuple[Fraction, bool] | None:
+    """(value, is_percent) when ``text`` is one plain number, else None.
+
+    Plain means: an integer or decimal (leading zeros allowed, so "016" == 16), a fraction
+    "3/4" or "\\frac{3}{4}", with thousands separators ("7,425,000", "1 000", "11,\\!111"), a
+    currency sign, a degree sign, a percent sign (flagged), a unit ("5 apples",
+    "15\\text{ cm}^2", "2.74€") and a single-variable assignment ("x = 5") around it. A comma that
+    is not a thousands separator ("1,22") makes it a list, not a number (math-verify decides),
+    unless ``decimal_comma`` (number answers, which are never lists): then "1,22" is 1.22.
+    "2x", "3\\sqrt{2}", "1e5" are not plain numbers either.
+    """
+    if not text or len(text) > 200:
+        return None
+    s = _strip_decorations(text)
+    s = _ASSIGNMENT_RE.sub("", s)
+    while (unit := _UNIT_WRAPPER_RE.search(s)) and unit.start() > 0:
+        s = s[: unit.start()]
+    percent = False
+    if (mark := _PERCENT_RE.search(s)) and mark.start() > 0:
+        s, percent = s[: mark.start()], True
+    s = s.strip()
+    head = re.match(r"[+-]?(?:[1-9]\d{0,2}(?:(,|\s)\d{3})(?:\1\d{3})*(?!\d)|\d+(?!\d))(?:\.\d+)?|[+-]?\.\d+", s)
+    if head and head.end() < len(s):
+        tail = s[head.end() :]
+        if _UNIT_WORDS_RE.match(tail) or _GLUED_UNIT_RE.match(tail):
+            s = s[: head.end()]
+            if not percent and re.match(r"\s+(?:percent|percentage|pct)\b", tail, re.IGNORECASE):
+                percent = True
+    if head and head.end() == len(s):
+        s = re.sub(r"(?<=\d)[,\s](?=\d{3})", "", s)
+    s = re.sub(r"\s*([{}/])\s*", r"\1", s).strip()
+    if decimal_comma and re.fullmatch(r"[+-]?\d+,\d+", s):
+        s = s.replace(",", ".")
+    try:
+        if _PLAIN_NUMBER_RE.fullmatch(s):
+            return Fraction(s), percent
+        for pattern in _MIXED_RES:
+            if match := pattern.fullmatch(s):
+                sign, whole, num, den = match.groups()
+                if 0 < int(num) < int(den):
+                    value = int(whole) + Fraction(int(num), int(den))
+                    return (-value if sign == "-" else value), percent
+        for pattern in _FRACTION_RES:
+            if match := pattern.fullmatch(s):
+                sign, num, den = match.groups()
+                if int(den) == 0:
+                    return None
+                value = Fraction(int(num), int(den))
+                return (-value if sign == "-" else value), percent
+    except (ValueError, ZeroDivisionError):  # e.g. more digits than int() converts
+        return None
+    return None
+
+
+def numbers_equal(gold: tuple[Fraction, bool], pred: tuple[Fraction, bool], rel_tol: float = 1e-4) -> bool:
+    """Equal within ``rel_tol`` relative tolerance (JiuZhang3.0's 1e-4) when both are
+    non-integers (1/3 vs 0.3333). An integer on either side must be hit up to float noise
+    (:data:`INTEGER_REL_TOL`): with 1e-4, 10456 would "equal" 10455 and 9999.86 would equal
+    10000, while a program's 17.999999999999996 still equals 18.
+
+    When exactly one side carries a percent sign, "28%" also equals 0.28: models write either.
+    """
+    (a, a_pct), (b, b_pct) = gold, pred
+    candidates = [(a, b)]
+    if a_pct and not b_pct:
+        candidates.append((a / 100, b))
+    elif b_pct and not a_pct:
+        candidates.append((a, b / 100))
+    return any(_close(x, y, rel_tol) for x, y in candidates)
+
+
+INTEGER_REL_TOL = 1e-9
+
+
+def _close(x: Fraction, y: Fraction, rel_tol: float) -> bool:
+    if x == y:
+        return True
+    if x.denominator == 1 or y.denominator == 1:
+        rel_tol = min(rel_tol, INTEGER_REL_TOL)
+    try:
+        fx, fy = float(x), float(y)
+    except OverflowError:
+        return False
+    return abs(fx - fy) <= rel_tol * max(abs(fx), abs(fy))
+
+
+# --- string normal forms ----------------------------------------------------------------
+
+
+def canonical_latex(text: str) -> str:
+    """A normal form for exact comparison of LaTeX answers: spacing, \\left/\\right, \\dfrac,
+    braces of one-digit \\frac/\\sqrt arguments, \\text wrappers, "x =" and a final period
+    removed. Only ever used to declare two answers equal, so it stays conservative."""
+    s = _strip_decorations(text)
+    s = _WRAPPER_RE.sub(r"\1", s)
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    s = s.replace("\\%", "%")
+    s = _ASSIGNMENT_RE.sub("", s)
+    return re.sub(r"\s+", "", s)
+
+
+def normalize_text(text: str) -> str:
+    """Case-, space- and punctuation-insensitive form for text and choice answers."""
+    s = _WRAPPER_RE.sub(r"\1", text)
+    s = re.sub(r"[$.,;:!?()\[\]{}\"'`*]|\\[()\[\]]", " ", s)
+    return " ".join(s.lower().split())
+
+
+# --- public API -------------------------------------------------------------------------
+
+
+def locate_answer(text: str | None, answer_type: AnswerType = "expression") -> Located:
+    """Where the answer of ``text`` is and how sure we are (see :data:`How`).
+
+    The last box wins, unless an answer phrase comes after it ("... \\boxed{255} ... The final
+    answer is $10,455$."): the statement nearest the end is the final one. An answer phrase
+    followed by prose ("The largest $n$ is 34") gives a guess from that prose.
+    """
+    if not text or not text.strip():
+        return Located(None, "none")
+    boxes = _boxes(text)
+    anchored = _last_anchor(text)
+    stated = anchored is not None and (anchored.is_span or bare_answer(anchored.answer) is not None)
+    # A later phrase overrides a box only with something mathematical: "so our answer is
+    # correct" after \boxed{-5} does not.
+    later_statement = (
+        stated
+        and anchored is not None
+        and bool(boxes)
+        and anchored.start > boxes[-1][1]
+        and bool(re.search(r"[\d\\]", anchored.answer))
+    )
+    if boxes and not later_statement:
+        return _strong(boxed_answer(text), "boxed", answer_type)
+    if anchored:
+        if stated:
+            return _strong(anchored.answer, "anchor", answer_type)
+        return _guess(anchored.segment, answer_type)
+    if bare := bare_answer(text):
+        return _strong(bare, "bare", answer_type)
+    return _guess(text, answer_type)
+
+
+def _strong(answer: str | None, how: How, answer_type: AnswerType) -> Located:
+    if answer and answer_type == "number":
+        answer = _reduce_to_number(answer)
+    return Located(answer, how if answer else "none")
+
+
+def _guess(text: str, answer_type: AnswerType) -> Located:
+    """No marker: the last number, or for expressions the last math span when it ends later
+    ("so $x = \\frac{1}{2}$." is 1/2, not 2)."""
+    scan = _unspace_digits(text)
+    number = _last_match(_number_re(answer_type == "number"), scan)
+    span = _last_match(_MATH_SPAN_RE, scan) if answer_type == "expression" else None
+    if span and (number is None or span.end() >= number.end()):
+        content = next(g for g in span.groups() if g is not None).strip()
+        if content:
+            return Located(content, "math", text)
+    if number and answer_type in ("number", "expression"):
+        return Located(number.group(0), "number", text)
+    return Located(None, "none", text)
+
+
+def _last_match(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    last = None
+    for last in pattern.finditer(text):
+        pass
+    return last
+
+
+def _reduce_to_number(answer: str) -> str:
+    """For number answers: "5 + 3 = 8" -> "8"; LaTeX ("3\\sqrt{2}") is left for math-verify."""
+    if parse_number(answer, decimal_comma=True) is not None or re.search(r"\\(?!text|mbox)[A-Za-z]", answer):
+        return answer
+    return last_number(answer, decimal_comma=True) or answer
+
+
+def extract_answer(text: str | None, answer_type: AnswerType = "expression", choices: Sequence[str] | None = None) -> str | None:
+    """The final answer of ``text`` as a string, or None when it states none."""
+    if answer_type == "choice":
+        return extract_choice(text or "", len(choices) if choices else 5, choices)
+    return locate_answer(text, answer_type).answer
+
+
+# --- multiple choice --------------------------------------------------------------------
+
+_LETTER_WRAP = r"(?:\\(?:text|textbf|mathrm|mathbf|mathit)\s*\{\s*)?"
+# After the letter: the end, punctuation, a closing bracket, or a space then something that is
+# not a word: "A triangle" is the article; "A) 12", "A $12$" and "C is correct" are choices.
+_LETTER_END = r"\s*\}?\)?(?=\s*$|\s*[.,;:!*$}\])\n]|\s+[(\d$\\-]|\s+(?:is|as)\b)"
+
+
+@lru_cache(maxsize=16)
+def _letter_patterns(letters: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    letter = rf"\$?\s*\(?{_LETTER_WRAP}\(?([{letters}])"
+    anchor = re.compile(rf"(?i:\banswer\s+is|\banswer\s*\**\s*:|\boption|\bchoice|####)[*\s:]*{letter}{_LETTER_END}")
+    # the final line is a letter ("C", "(C)", "**C.**"), or starts with one and its option text
+    # ("C. x = 42", "(C) 12"); "A triangle ..." has no period or bracket after the "A"
+    lone = re.compile(rf"^[*\s]*\$?\(?{_LETTER_WRAP}([{letters}])(?:\}}?\)?\$?[.:]?[*\s]*$|[.)]\s)")
+    paren = re.compile(rf"(?<![\\A-Za-z])\(([{letters}])\)")
+    return anchor, lone, paren
+
+
+def choice_letter(answer: str, letters: str = "ABCDEFGHIJ") -> str | None:
+    """The letter of an already extracted choice answer: "C", "(C)", "\\text{(C)}", "C) 12"."""
+    inner = _WRAPPER_RE.sub(r"\1", answer).strip().strip("$ ")
+    match = re.fullmatch(rf"\(?([{letters}])\)?(?:[.:)]?\s.*)?", inner, re.DOTALL)
+    return match.group(1) if match else None
+
+
+def _option_match(answer: str, choices: Sequence[str], letters: str) -> str | None:
+    """The one letter whose option text the answer states (same text, or same number)."""
+    norm, value = normalize_text(answer), parse_number(answer)
+    hits = []
+    for letter, option in zip(letters, choices):
+        option_value = parse_number(option)
+        if (norm and normalize_text(option) == norm) or (
+            value is not None and option_value is not None and numbers_equal(option_value, value)
+        ):
+            hits.append(letter)
+    return hits[0] if len(hits) == 1 else None
+
+
+def extract_choice(text: str, n_choices: int = 5, choices: Sequence[str] | None = None) -> str | None:
+    """The option letter ``text`` picks, or None.
+
+    Preference: a boxed letter; an answer phrase ("answer is (C)", "Answer: C", "option C");
+    a final line that is just a letter; a "(C)" on the final line; last, the text of one option
+    stated as the answer (boxed, after an answer phrase, or the last number). Letters count only
+    as whole tokens at those places, so ``\\Delta E`` or ``\\mathrm{E}`` in the working and the
+    article "A" never do.
+    """
+    letters = "ABCDEFGHIJ"[: max(1, min(n_choices, 10))]
+    anchor_re, lone_re, paren_re = _letter_patterns(letters)
+    boxed = boxed_answer(text)
+    if boxed and (letter := choice_letter(boxed, letters)):
+        return letter
+    anchors = list(anchor_re.finditer(text))
+    if anchors:
+        return anchors[-1].group(1)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines:
+        if lone := lone_re.match(lines[-1]):
+            return lone.group(1)
+        if parens := paren_re.findall(lines[-1]):
+            return parens[-1]
+    if choices:
+        for candidate in (boxed, anchored_answer(text), last_number(text)):
+            if candidate and (letter := _option_match(candidate, choices, letters)):
+                return letter
+    return None
