@@ -30,16 +30,20 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
-    import vllm
 
+    from data.corpus import iter_documents
     from data.samples import SAMPLE_CORPUS
     from data.shards import Shard
     from llm.engine import make_engine
     from llm.tiny import build_tiny_model
     from llm.vllm_engine import to_vllm_sampling
     from pipeline.config import validate
-    from pipeline.generate import GenerateConfig, PromptRenderer, build_items, run_generate
-    from data.corpus import iter_documents
+    from pipeline.generate import (
+        GenerateConfig,
+        PromptRenderer,
+        build_items,
+        run_generate,
+    )
 
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     model = args.model or str(build_tiny_model(work / "tiny"))

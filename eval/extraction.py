@@ -17,7 +17,9 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Literal
 
-from eval.types import AnswerType
+from data.records import AnswerType
+from data.text import find_boxes as _boxes
+from data.text import last_boxed  # noqa: F401  (re-exported: eval's reader of answers)
 
 # How an answer was found. "boxed", "anchor" and "bare" are strong: the text says where its
 # answer is (or is nothing but an answer), so a mismatch on them is final. "math" (the last
@@ -36,58 +38,6 @@ class Located:
     @property
     def strong(self) -> bool:
         return self.how in ("boxed", "anchor", "bare")
-
-
-# --- \boxed{} ---------------------------------------------------------------------------
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def _boxes(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every outermost complete box, in order.
-
-    Brace matching, not a regex, because contents nest (``\\boxed{\\frac{1}{2}}``). ``\\boxed 5``
-    takes the next token. A box left open (a truncated generation) is skipped, not guessed at.
-    """
-    found: list[tuple[int, int, str]] = []
-    pos = 0
-    while (match := _BOX_RE.search(text, pos)) is not None:
-        i = match.end()
-        while i < len(text) and text[i] in " \t":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                if text[j] == "{" and text[j - 1] != "\\":
-                    depth += 1
-                elif text[j] == "}" and text[j - 1] != "\\":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                j += 1
-            if depth != 0:
-                pos = i + 1
-                continue
-            content, end = text[i + 1 : j], j + 1
-        elif i > match.end() and (token := re.match(r"[^\s$]+", text[i:])):
-            content, end = token.group(0), i + token.end()
-        else:
-            pos = match.end()
-            continue
-        content = content.strip()
-        inner = _boxes(content) if content.startswith("\\") else []
-        if len(inner) == 1 and inner[0][0] == 0 and inner[0][1] == len(content):
-            content = inner[0][2]  # \boxed{\boxed{5}}
-        if content:
-            found.append((match.start(), end, content))
-        pos = end
-    return found
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed x``, or None."""
-    boxes = _boxes(text)
-    return boxes[-1][2] if boxes else None
 
 
 _WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf)\s*\{([^{}]*)\}")

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from data.errors import UserError
+from data.records import ANSWER_TYPES, AnswerType
 from eval.grading import Grader
-from eval.types import ANSWER_TYPES, AnswerType
 
 BATCH = 4096  # rows per grade_many call: big enough to batch IPC, small enough to stream output
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
+from data.records import AnswerType
 from eval.extraction import (
     INTEGER_REL_TOL,
     Located,
@@ -42,7 +43,6 @@ from eval.extraction import (
     numbers_equal,
     parse_number,
 )
-from eval.types import AnswerType
 
 Reason = Literal["match", "mismatch", "timeout", "no_answer", "error"]
 REL_TOL = 1e-4

@@ -17,9 +17,15 @@ from typing import Any
 
 import yaml
 
-from eval.benchmarks.registry import LETTERS, BenchmarkError, get_spec, load_benchmark, load_exemplar_pool
+from data.benchmarks.registry import (
+    LETTERS,
+    BenchmarkError,
+    get_spec,
+    load_benchmark,
+    load_exemplar_pool,
+)
+from data.records import BenchmarkRecord
 from eval.extraction import last_boxed
-from eval.types import BenchmarkRecord
 
 TEMPLATES_FILE = Path(__file__).resolve().with_name("prompt_templates.yaml")
 

@@ -13,16 +13,26 @@ from typing import Any, Iterable, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.progress import progress_bar
-from data.records import content_id
+from data.records import BenchmarkRecord, content_id
 from data.shards import Shard
 from data.storage import ShardWriter, StageOutput
-from eval.types import BenchmarkRecord
 from llm.config import EngineConfig
 from llm.engine import Engine, make_engine
 from llm.generation_run import WorkItem, derive_seed, record_id, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
 
 log = logging.getLogger(__name__)
+
+
+class EvalSampling(SamplingParams):
+    """Evaluation defaults, per field so that ``--set sampling.max_tokens=16`` keeps the rest:
+    greedy, seeded, 1024 new tokens (JiuZhang3.0's setting), and a stop before the model starts
+    inventing the next few-shot question."""
+
+    temperature: float = Field(0.0, ge=0.0)
+    max_tokens: int = Field(1024, ge=1)
+    seed: int | None = 0
+    stop: tuple[str, ...] = ("## Question",)
 
 
 class EvalConfig(BaseModel):
@@ -36,11 +46,7 @@ class EvalConfig(BaseModel):
     n: int = Field(1, ge=1, description="samples per problem (pass@k / maj@k)")
     limit: int | None = Field(None, ge=1, description="first N problems of each benchmark")
     engine: EngineConfig
-    # Greedy, 1024 new tokens (JiuZhang3.0's setting); stop before the model starts inventing
-    # the next few-shot question.
-    sampling: SamplingParams = Field(
-        default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=1024, seed=0, stop=("## Question",))
-    )
+    sampling: EvalSampling = Field(default_factory=EvalSampling)
     max_rounds: int = Field(4, ge=1, description="code executions per problem in the tool setting")
     sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
     grading_timeout_s: float = Field(5.0, gt=0)
@@ -53,7 +59,7 @@ class EvalConfig(BaseModel):
 
 
 def load_records(config: EvalConfig) -> list[BenchmarkRecord]:
-    from eval.benchmarks import load_benchmark, load_benchmark_config
+    from data.benchmarks import load_benchmark, load_benchmark_config
 
     for path in config.custom_benchmarks:
         load_benchmark_config(path)  # registers it under its own name
@@ -75,7 +81,7 @@ class PromptMaker:
     def style(self, record: BenchmarkRecord) -> str:
         if self.config.prompt != "auto":
             return self.config.prompt
-        from eval.benchmarks import BENCHMARKS
+        from data.benchmarks import BENCHMARKS
 
         spec = BENCHMARKS.get(record.benchmark)
         return getattr(spec, "default_prompt", None) or "zero_shot"
@@ -196,7 +202,12 @@ def run_nl(items, engine: Engine, writer: ShardWriter, grading: Grading, advance
 def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading, config: EvalConfig, advance) -> dict[str, Any]:
     """tool: execute-and-continue up to max_rounds; pot: one program, its printed result is the answer."""
     from eval.sandbox import Sandbox, SandboxConfig
-    from eval.tool_loop import Trajectory, execution_record, last_code_block, solve_with_tools
+    from eval.tool_loop import (
+        Trajectory,
+        execution_record,
+        last_code_block,
+        solve_with_tools,
+    )
 
     records: dict[str, tuple[BenchmarkRecord, WorkItem, int]] = {}
     trajectories: list[Trajectory] = []

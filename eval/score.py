@@ -10,10 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from eval.types import BenchmarkRecord
+from data.errors import UserError
+from data.records import BenchmarkRecord
 
 
-class ScoreInputError(ValueError):
+class ScoreInputError(UserError, ValueError):
     pass
 
 
@@ -50,7 +51,7 @@ def match_rows(records: list[BenchmarkRecord], rows: list[dict[str, Any]], id_fi
 
 def score(benchmark: str, predictions: Path, field: str, *, id_field: str | None = None,
           timeout_s: float = 5.0) -> tuple[list[dict[str, Any]], str]:
-    from eval.benchmarks import load_benchmark
+    from data.benchmarks import load_benchmark
     from eval.report import accuracy_line
     from eval.run import Grading, extract
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.benchmarks import (
+from data.benchmarks import (
     BENCHMARKS,
     DATA_DIR,
     EXEMPLAR_POOLS,
@@ -16,14 +16,14 @@ from eval.benchmarks import (
     load_benchmark,
     load_benchmark_config,
 )
-from eval.benchmarks.registry import asdiv_gold, despace_latex, number_text
+from data.benchmarks.registry import asdiv_gold, despace_latex, number_text
+from data.records import ANSWER_TYPES, BenchmarkRecord
 from eval.extraction import last_boxed
 from eval.prompts import PromptSetting, build_prompt, select_exemplars
-from eval.types import ANSWER_TYPES, BenchmarkRecord
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Documented in eval/benchmarks/LICENSES.md (and ../shared/data/MANIFEST.md section 1).
+# Documented in data/benchmarks/LICENSES.md (and ../shared/data/MANIFEST.md section 1).
 ROWS = {
     "gsm8k": 1319, "math": 5000, "math500": 500, "svamp": 1000, "asdiv": 2215, "mawps": 2065, "tabmwp": 1000,
     "aqua": 254, "sat_math": 32, "carp_en": 976, "mmlu_stem": 3018, "minerva_math": 272, "gsm_hard": 1319,

@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
+
 from pipeline.cli import main
 from pipeline.config import ConfigError, load_config
 from pipeline.generate import GenerateConfig
@@ -76,3 +76,19 @@ def test_a_stage_not_built_says_so_and_fails(stage, capsys):
 def test_python_dash_m_stage_works_like_the_cli():
     result = subprocess.run([sys.executable, "-m", "synth"], capture_output=True, text=True)
     assert result.returncode == 2 and "mathsynth synth: not built yet" in result.stderr
+
+
+def test_a_partial_override_keeps_the_other_eval_sampling_defaults():
+    from eval.run import EvalConfig
+
+    config = validate_eval({"benchmarks": "gsm8k", "engine": {"kind": "hf", "model": "m"}, "output": "o",
+                            "sampling": {"max_tokens": 16}})
+    assert config.sampling.max_tokens == 16 and config.sampling.temperature == 0.0 and config.sampling.seed == 0
+    assert config.benchmarks == ["gsm8k"] and isinstance(config, EvalConfig)
+
+
+def validate_eval(raw):
+    from eval.run import EvalConfig
+    from pipeline.config import validate
+
+    return validate(EvalConfig, raw)

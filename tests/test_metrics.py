@@ -2,7 +2,14 @@ from math import comb
 
 import pytest
 
-from eval.metrics import Problem, Sample, default_ks, pass_at_k, summarise, summarise_by_group
+from eval.metrics import (
+    Problem,
+    Sample,
+    default_ks,
+    pass_at_k,
+    summarise,
+    summarise_by_group,
+)
 
 
 def test_pass_at_k_matches_the_combinatorial_definition():

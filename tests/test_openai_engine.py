@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fault_server import FAULT_KINDS, FaultPlan, FaultServer, expected_text, prompt_text
+
 from llm.config import BudgetConfig, OpenAIEngineConfig
 from llm.engine import EngineError, make_engine
 from llm.openai_engine import (

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from slurm_cluster import slurm_cluster_or_skip
 
 from data.samples import SAMPLE_CORPUS
-from slurm_cluster import slurm_cluster_or_skip
 
 pytestmark = pytest.mark.slow
 

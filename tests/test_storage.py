@@ -3,7 +3,13 @@ import json
 import pytest
 
 from data.shards import Shard, ShardSpecError, parse_shard, resolve_shard
-from data.storage import StageOutput, StorageError, ShardWriter, iter_records, load_as_hf_dataset
+from data.storage import (
+    ShardWriter,
+    StageOutput,
+    StorageError,
+    iter_records,
+    load_as_hf_dataset,
+)
 
 CONFIG = {"a": 1, "nested": {"b": "x"}}
 

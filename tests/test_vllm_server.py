@@ -6,11 +6,12 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from conftest import write_jsonl, sample_texts  # noqa: E402
+from conftest import sample_texts, write_jsonl  # noqa: E402
+from vllm_server import vllm_server  # noqa: E402
+
 from llm.config import OpenAIEngineConfig  # noqa: E402
 from llm.engine import make_engine  # noqa: E402
 from llm.types import GenerationRequest, SamplingParams  # noqa: E402
-from vllm_server import vllm_server  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

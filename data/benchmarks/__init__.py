@@ -1,7 +1,7 @@
 """The shipped benchmark suite (``data/``, licences in ``LICENSES.md``) and its registry:
 ``load_benchmark("gsm8k")`` gives canonical ``BenchmarkRecord``s; ``load_benchmark_config(yaml)``
 adds a JSONL benchmark without code."""
-from eval.benchmarks.registry import (
+from data.benchmarks.registry import (
     BENCHMARKS,
     DATA_DIR,
     EXEMPLAR_POOLS,

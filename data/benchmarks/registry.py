@@ -17,8 +17,11 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from eval.extraction import last_boxed  # the grader's own reader, so gold and prediction agree
-from eval.types import AnswerType, BenchmarkRecord
+from data.errors import UserError
+from data.records import AnswerType, BenchmarkRecord
+from data.text import (
+    last_boxed,  # the same reader the grader uses, so gold and prediction agree
+)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 LETTERS = "ABCDEFGHIJ"
@@ -26,7 +29,7 @@ LETTERS = "ABCDEFGHIJ"
 PromptStyle = Literal["zero_shot", "few_shot", "chat"]
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(UserError, ValueError):
     """A benchmark that cannot be loaded; the message is one line naming the file (and line or key)."""
 
 

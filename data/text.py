@@ -1,0 +1,57 @@
+"""Text utilities shared by every stage: where a math text states its final answer.
+
+``\\boxed{}`` is how gold solutions (MATH, Minerva), teacher outputs (distill) and synthetic
+solutions (synth) mark their answer; every stage must read it the same way, so it lives here.
+"""
+from __future__ import annotations
+
+import re
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def find_boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every outermost complete box, in order.
+
+    Brace matching, not a regex, because contents nest (``\\boxed{\\frac{1}{2}}``). ``\\boxed 5``
+    takes the next token. A box left open (a truncated generation) is skipped, not guessed at.
+    """
+    found: list[tuple[int, int, str]] = []
+    pos = 0
+    while (match := _BOX_RE.search(text, pos)) is not None:
+        i = match.end()
+        while i < len(text) and text[i] in " \t":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == "{" and text[j - 1] != "\\":
+                    depth += 1
+                elif text[j] == "}" and text[j - 1] != "\\":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if depth != 0:
+                pos = i + 1
+                continue
+            content, end = text[i + 1 : j], j + 1
+        elif i > match.end() and (token := re.match(r"[^\s$]+", text[i:])):
+            content, end = token.group(0), i + token.end()
+        else:
+            pos = match.end()
+            continue
+        content = content.strip()
+        inner = find_boxes(content) if content.startswith("\\") else []
+        if len(inner) == 1 and inner[0][0] == 0 and inner[0][1] == len(content):
+            content = inner[0][2]  # \boxed{\boxed{5}}
+        if content:
+            found.append((match.start(), end, content))
+        pos = end
+    return found
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed x``, or None."""
+    boxes = find_boxes(text)
+    return boxes[-1][2] if boxes else None
