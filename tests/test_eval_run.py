@@ -138,3 +138,23 @@ def test_eval_grade_prints_one_verdict_per_pair(tmp_path):
     assert result.returncode == 0, result.stderr
     verdicts = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [v["equal"] for v in verdicts] == [True, True, False]
+
+
+def test_program_of_thought_takes_the_printed_result_as_the_answer(tmp_path):
+    config = EvalConfig.model_validate({
+        "benchmarks": ["gsm8k"], "limit": 2, "setting": "pot", "prompt": "zero_shot",
+        "engine": {"kind": "hf", "model": "scripted"}, "output": str(tmp_path / "pot"),
+    })
+    from eval.run import PromptMaker, item_key, load_records
+
+    records = load_records(config)
+    prompt_id = PromptMaker(config).prompt_id()
+    engine = ScriptedEngine({
+        f"{item_key(records[0], prompt_id)}#0": ["```python\nleft = 16 - 3 - 4\nprint('eggs:', left)\nprint(left * 2)\n```"],
+        f"{item_key(records[1], prompt_id)}#0": ["```python\nprint(2 + 2)\n```"],  # gold is 3
+    })
+    run_eval(config, Shard(0, 1), engine=engine)
+    rows = {r["problem_id"]: r for r in rows_of(tmp_path / "pot")}
+    assert rows[records[0].id]["extracted"] == "18" and rows[records[0].id]["correct"]
+    assert rows[records[1].id]["extracted"] == "4" and not rows[records[1].id]["correct"]
+    assert len(rows[records[0].id]["executions"]) == 1
