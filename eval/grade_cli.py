@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from data.errors import UserError
+from data.jsonl import iter_json_objects
 from data.records import ANSWER_TYPES, AnswerType
 from eval.grading import Grader
 
@@ -34,34 +35,21 @@ def read_pairs(path: str | Path, gold_field: str = "gold", pred_field: str = "pr
     """(gold, pred, answer_type, choices) per row; GradeInputError on the first bad line."""
     if answer_type not in ANSWER_TYPES:
         raise GradeInputError(f"answer_type {answer_type!r} is not one of {', '.join(ANSWER_TYPES)}")
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as error:
-        raise GradeInputError(f"{path}: cannot read ({error.strerror or error})") from None
     rows = []
-    with handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise GradeInputError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise GradeInputError(f"{where}: expected a JSON object with {gold_field!r} and {pred_field!r}")
-            for field in (gold_field, pred_field):
-                if field not in row:
-                    raise GradeInputError(f"{where}: missing field {field!r}")
-            kind = row.get("answer_type", answer_type)
-            if kind not in ANSWER_TYPES:
-                raise GradeInputError(f"{where}: answer_type {kind!r} is not one of {', '.join(ANSWER_TYPES)}")
-            choices = row.get("choices")
-            if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
-                raise GradeInputError(f"{where}: 'choices' must be a list of strings")
-            gold = _text(row[gold_field], gold_field, where)
-            pred = _text(row[pred_field], pred_field, where, optional=True)
-            rows.append((gold, pred, kind, choices))
+    for line_no, row in iter_json_objects(path, GradeInputError):
+        where = f"{path}:{line_no}"
+        for field in (gold_field, pred_field):
+            if field not in row:
+                raise GradeInputError(f"{where}: missing field {field!r}")
+        kind = row.get("answer_type", answer_type)
+        if kind not in ANSWER_TYPES:
+            raise GradeInputError(f"{where}: answer_type {kind!r} is not one of {', '.join(ANSWER_TYPES)}")
+        choices = row.get("choices")
+        if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
+            raise GradeInputError(f"{where}: 'choices' must be a list of strings")
+        gold = _text(row[gold_field], gold_field, where)
+        pred = _text(row[pred_field], pred_field, where, optional=True)
+        rows.append((gold, pred, kind, choices))
     return rows
 
 

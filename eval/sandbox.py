@@ -233,17 +233,26 @@ def _drop_privileges(uid: int, libc: Any) -> None:
 def _uid_can_run_python(uid: int) -> bool:
     """Whether the dropped uid can still read the interpreter and its standard library (lazy
     imports and subprocesses need them)."""
+    def readable() -> bool:
+        return os.access(sys.executable, os.X_OK) and os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)
+
+    return os.waitpid(_fork_as_uid(uid, readable), 0)[1] == 0
+
+
+def _fork_as_uid(uid: int, work) -> int:
+    """Fork a child that drops to ``uid`` and runs ``work``; it exits 0 when ``work`` returns a
+    true value or None, 1 otherwise or on any exception. Returns the child's pid."""
     pid = os.fork()
     if pid == 0:
         try:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            ok = os.access(sys.executable, os.X_OK) and os.access(os.path.dirname(os.__file__), os.R_OK | os.X_OK)
-            os._exit(0 if ok else 1)
+            result = work()
+            os._exit(0 if result is None or result else 1)
         finally:
             os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
+    return pid
 
 
 def _execute(request: dict, settings: dict, libc: Any, counter: int, cleaner: dict) -> dict:
@@ -420,16 +429,7 @@ def _stop_cleaner(cleaner: dict) -> None:
 
 
 def _reap_as_uid(settings: dict, exec_dir: str) -> None:
-    uid = settings["uid"]
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            _remove_leftovers(settings, exec_dir)
-        finally:
-            os._exit(0)
+    pid = _fork_as_uid(settings["uid"], lambda: _remove_leftovers(settings, exec_dir))
     deadline = time.monotonic() + 2.0
     while not os.waitpid(pid, os.WNOHANG)[0]:
         if time.monotonic() > deadline:  # a snippet stopped or starved it: no more waiting
@@ -559,7 +559,7 @@ def _print_exception(error: BaseException) -> None:
 
 
 _ZYGOTE_FUNCTIONS = (
-    _zygote_main, _receive, _read_exactly, _send, _drop_privileges, _uid_can_run_python, _execute,
+    _zygote_main, _receive, _read_exactly, _send, _drop_privileges, _uid_can_run_python, _fork_as_uid, _execute,
     _kill_group, _cleanup_after, _start_cleaner, _stop_cleaner, _reap_as_uid, _remove_leftovers, _reap_orphans,
     _child, _print_exception,
 )

@@ -6,11 +6,11 @@ same extraction and grader as ``eval run``, so numbers from other tools are comp
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from data.errors import UserError
+from data.jsonl import iter_json_objects
 from data.records import BenchmarkRecord
 
 
@@ -20,17 +20,10 @@ class ScoreInputError(UserError, ValueError):
 
 def read_predictions(path: Path, field: str) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ScoreInputError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-            if not isinstance(row, dict) or field not in row:
-                raise ScoreInputError(f"{path}:{number}: no field {field!r}")
-            rows.append(row)
+    for line_no, row in iter_json_objects(path, ScoreInputError):
+        if field not in row:
+            raise ScoreInputError(f"{path}:{line_no}: no field {field!r}")
+        rows.append(row)
     return rows
 
 

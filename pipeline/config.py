@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from data.config_files import read_yaml_mapping, validate_model
 from data.errors import UserError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -40,51 +41,26 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
 
 
 def load_raw(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: invalid YAML ({getattr(err, 'problem', None) or _first_line(err)})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-        config = loaded or {}
+    config = read_yaml_mapping(path, ConfigError) if path is not None else {}
     for assignment in overrides:
         apply_override(config, assignment)
     return config
 
 
 def validate(model: type[ConfigT], raw: dict[str, Any], source: str = "config") -> ConfigT:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in _user_path(first["loc"])) or "(top level)"
-        message = first["msg"]
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
-            message += f" (got {first['input']!r})"
-        more = f" [and {len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
-        raise ConfigError(f"{source}: {key}: {message}{more}") from None
+    return validate_model(model, raw, source, ConfigError, hidden_loc=_engine_tags())
 
 
 def load_config(model: type[ConfigT], path: str | Path | None, overrides: list[str] = ()) -> ConfigT:
     return validate(model, load_raw(path, overrides), source=str(path) if path else "config")
 
 
-def _user_path(loc: tuple) -> list:
-    """Drop the tag pydantic inserts into the path for an engine union
-    (``engine.vllm.dtype`` -> ``engine.dtype``): the user never wrote it."""
+def _engine_tags() -> set[str]:
+    """The tags pydantic puts in the path of an engine union (``engine.vllm.dtype``): the user
+    wrote ``engine.dtype``."""
     from llm.config import HfEngineConfig, OpenAIEngineConfig, VllmEngineConfig
 
-    tags = {m.model_fields["kind"].default for m in (VllmEngineConfig, HfEngineConfig, OpenAIEngineConfig)}
-    return [part for i, part in enumerate(loc) if not (0 < i < len(loc) - 1 and part in tags)]
+    return {m.model_fields["kind"].default for m in (VllmEngineConfig, HfEngineConfig, OpenAIEngineConfig)}
 
 
 def _first_line(err: Exception) -> str:

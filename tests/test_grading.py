@@ -215,7 +215,7 @@ def test_grade_pairs_writes_one_verdict_per_row(tmp_path):
 
 @pytest.mark.parametrize(
     "bad_line, message",
-    [("{not json", "not valid JSON"), ('{"gold": "1"}', "missing field 'pred'"), ('["1", "1"]', "expected a JSON object"),
+    [("{not json", "malformed JSON"), ('{"gold": "1"}', "missing field 'pred'"), ('["1", "1"]', "expected a JSON object"),
      ('{"gold": "1", "pred": "1", "answer_type": "date"}', "answer_type")],
 )
 def test_grade_pairs_names_file_and_line(tmp_path, bad_line, message):

@@ -8,16 +8,16 @@ format. A benchmark without code: ``load_benchmark_config("my_bench.yaml")``.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data.config_files import read_yaml_mapping, validate_model
 from data.errors import UserError
+from data.jsonl import iter_json_objects
 from data.records import AnswerType, BenchmarkRecord
 from data.text import (
     last_boxed,  # the same reader the grader uses, so gold and prediction agree
@@ -58,17 +58,7 @@ def _rows(spec: BenchmarkSpec) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line, object) for each non-blank line; a bad line stops with file:line."""
     if not spec.file.is_file():
         raise BenchmarkError(f"{spec.file}: benchmark file not found")
-    with open(spec.file, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BenchmarkError(f"{spec.file}:{line_no}: malformed JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{spec.file}:{line_no}: expected a JSON object")
-            yield line_no, row
+    yield from iter_json_objects(spec.file, BenchmarkError)
 
 
 def _field(spec: BenchmarkSpec, line_no: int, row: dict[str, Any], name: str) -> Any:
@@ -569,26 +559,8 @@ def load_benchmark_config(path: str | Path, *, register: bool = True) -> Benchma
     unless ``register=False``, make it loadable by name. Problems are one-line errors naming
     the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise BenchmarkError(f"{path}: benchmark config not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise BenchmarkError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML") from None
-    if not isinstance(raw, dict):
-        raise BenchmarkError(f"{path}: the top level must be a mapping of keys")
-    try:
-        config = CustomBenchmarkConfig.model_validate(raw)
-    except ValidationError as err:
-        errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains the rest
-        first = errors[0]
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        if first["type"] == "literal_error" and "input" in first:
-            message += f" (got {first['input']!r})"
-        key = ".".join(str(p) for p in first["loc"])
-        more = f" [and {len(errors) - 1} more]" if len(errors) > 1 else ""
-        raise BenchmarkError(f"{path}: {key + ': ' if key else ''}{message}{more}") from None
+    raw = read_yaml_mapping(path, BenchmarkError)
+    config = validate_model(CustomBenchmarkConfig, raw, str(path), BenchmarkError)
     if config.name in BENCHMARKS and BENCHMARKS[config.name].loader is not _custom_loader:
         raise BenchmarkError(f"{path}: name: {config.name!r} is a shipped benchmark; pick another name")
     file = Path(config.path).expanduser()

@@ -1,0 +1,30 @@
+"""Small JSON-lines files read whole (benchmarks, prediction and pair files), with one-line
+errors naming file and line. Corpora, which must stream and may skip bad rows, use data.corpus."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from data.errors import UserError
+
+
+def iter_json_objects(path: str | Path, error: type[UserError] = UserError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(1-based line, object) for each non-blank line; a line that is not a JSON object raises
+    ``error("path:line: why")``."""
+    path = Path(path)
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    with handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise error(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{path}:{line_no}: expected a JSON object")
+            yield line_no, row
