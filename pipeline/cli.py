@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DEMO_EVAL_CONFIG = REPO_ROOT / "configs" / "demo-eval.yaml"
 
 # Stages that later work adds; until then the command says so instead of half-working.
 NOT_BUILT = {
@@ -166,9 +167,12 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the tiny model once, then run the demo config on the shipped sample corpus."""
+    """Build the tiny model once, then run every built stage on the embedded default: generate
+    over the shipped sample corpus, then evaluate on a benchmark slice, on one vLLM engine."""
     from data.samples import SAMPLE_CORPUS
     from data.shards import Shard
+    from eval.run import EvalConfig, run_eval
+    from llm.engine import make_engine
     from llm.tiny import build_tiny_model
     from pipeline.config import load_config
     from pipeline.generate import GenerateConfig, run_generate
@@ -186,9 +190,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"input.paths=[{SAMPLE_CORPUS}]",  # the installed copy, wherever we run from
         *args.overrides,
     ]
-    config = load_config(GenerateConfig, DEMO_CONFIG, overrides)
-    manifest = run_generate(config, Shard(0, 1), config_dir=DEMO_CONFIG.parent)
-    _report(config.output, manifest)
+    generate = load_config(GenerateConfig, DEMO_CONFIG, overrides)
+    evaluate = load_config(EvalConfig, DEMO_EVAL_CONFIG, [f"engine.model={model_dir}", f"output={workdir / 'eval'}"])
+    with make_engine(generate.engine) as engine:  # one engine start for both steps
+        _report(generate.output, run_generate(generate, Shard(0, 1), config_dir=DEMO_CONFIG.parent, engine=engine))
+        manifest = run_eval(evaluate, Shard(0, 1), engine=engine)
+    print((Path(evaluate.output) / "report.md").read_text(), end="")
+    _report(evaluate.output, manifest)
     return 0
 
 
