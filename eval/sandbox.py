@@ -658,7 +658,12 @@ def _bwrap_prefix(python: str, tmp_bytes: int, as_root: bool) -> list[str] | Non
             cmd += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             cmd += ["--ro-bind", path, path]
-    made: set[str] = set()
+    # The private /tmp first: an interpreter bound below it (a checkout in /tmp) must be mounted
+    # on top of the tmpfs, not hidden under it.
+    size = ["--size", str(tmp_bytes)] if "--size" in help_text else []  # (bwrap >= 0.7)
+    cmd += size + ["--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev"]
+    cmd += size + ["--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
+    made: set[str] = {"/tmp", "/dev", "/proc"}
     for directory in _interpreter_dirs(python):
         if any(directory == s or directory.startswith(s + "/") for s in system):
             continue
@@ -669,10 +674,7 @@ def _bwrap_prefix(python: str, tmp_bytes: int, as_root: bool) -> list[str] | Non
                 made.add(parent)
                 cmd += ["--perms", "0755", "--dir", parent]
         cmd += ["--ro-bind", directory, directory]
-    size = ["--size", str(tmp_bytes)] if "--size" in help_text else []  # (bwrap >= 0.7)
-    cmd += size + ["--perms", "1777", "--tmpfs", "/tmp", "--dev", "/dev"]
-    cmd += size + ["--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc", "--chdir", "/tmp", "--"]
-    return cmd
+    return cmd + ["--chdir", "/tmp", "--"]
 
 
 def _unshare_prefix(as_root: bool) -> list[str]:

@@ -326,3 +326,20 @@ def test_each_available_isolation_kind(kind):
         if box.network_isolated:
             assert box.run(code).stdout == "failed\n"
         assert box.run("print('alive')").stdout == "alive\n"
+
+
+def test_an_interpreter_under_tmp_is_not_hidden_by_the_private_tmp(tmp_path):
+    """CI clones into a folder that may sit under /tmp: the sandbox's private /tmp must not
+    hide the interpreter of a virtual environment there."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not shutil.which("bwrap"):
+        pytest.skip("bubblewrap is not installed: this checks the bwrap mount order")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    assert str(venv).startswith("/tmp/")
+    with Sandbox(SandboxConfig(isolation="bwrap", python=str(venv / "bin" / "python"), workers=1)) as sandbox:
+        result = sandbox.run("print(6 * 7)")
+    assert result.status == "ok" and result.isolation.startswith("bwrap"), result
