@@ -158,3 +158,20 @@ def test_program_of_thought_takes_the_printed_result_as_the_answer(tmp_path):
     assert rows[records[0].id]["extracted"] == "18" and rows[records[0].id]["correct"]
     assert rows[records[1].id]["extracted"] == "4" and not rows[records[1].id]["correct"]
     assert len(rows[records[0].id]["executions"]) == 1
+
+
+def test_two_shards_give_the_same_report_as_one(tmp_path, tiny_model):
+    def command(output, *extra):
+        return [sys.executable, "-m", "pipeline", "eval", "run", "--model", str(tiny_model), "--engine", "hf",
+                "--benchmarks", "gsm8k,aqua", "--limit", "8", "--output", str(output),
+                "--set", "engine.batch_size=1", "--set", "sampling.max_tokens=8", *extra]
+
+    shards = [subprocess.Popen(command(tmp_path / "sharded", "--shard", f"{i}/2"), env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert all(p.wait() == 0 for p in shards), [p.stderr.read()[-2000:] for p in shards]
+    single = subprocess.run(command(tmp_path / "single"), env=ENV, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    sharded = json.loads((tmp_path / "sharded" / "report.json").read_text())
+    assert sharded["benchmarks"] == json.loads((tmp_path / "single" / "report.json").read_text())["benchmarks"]
+    assert sharded["benchmarks"]["aqua"]["overall"]["problems"] == 8
+    assert sorted(r["id"] for r in rows_of(tmp_path / "sharded")) == sorted(r["id"] for r in rows_of(tmp_path / "single"))
