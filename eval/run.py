@@ -12,6 +12,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from data.errors import UserError
 from data.progress import progress_bar
 from data.records import BenchmarkRecord, content_id
 from data.shards import Shard
@@ -218,7 +219,8 @@ def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading,
                 skipped += 1
                 continue
             if item.request.prompt is None:
-                raise ValueError(f"setting {config.setting} needs a raw-text prompt; use prompt: zero_shot or few_shot")
+                raise UserError(f"setting: {config.setting} continues the model's own text, so it needs a raw prompt: "
+                                "use prompt zero_shot or few_shot, or a local engine (which renders chat templates)")
             key = f"{item.key}#{index}"
             sampling = item.request.sampling.model_copy(update={"n": 1, "seed": derive_seed(config.sampling.seed, key)})
             trajectories.append(Trajectory(key=key, prompt=item.request.prompt, sampling=sampling))
