@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Literal, Sequence, Union
 
 import zstandard
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.errors import UserError
 from data.records import Document, SourceLocation, content_id
@@ -460,3 +461,36 @@ def _jsonable(value: Any) -> Any:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+class CorpusInput(BaseModel):
+    """The ``input:`` section of a stage config: which corpus, and how to read it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(..., min_length=1, description="files, folders or globs of a corpus")
+    text_field: str = "text"
+    id_field: str | None = "id"
+    policy: Literal["fail", "skip"] = "fail"
+    max_chars: int = Field(1_000_000, ge=1, description="longer texts are bad input")
+    limit: int | None = Field(None, ge=1, description="only the first N documents (of the whole corpus)")
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value):
+        return [value] if isinstance(value, str) else value
+
+
+def read_corpus(config: CorpusInput, shard: Shard, stats: CorpusStats | None = None) -> Iterator[Document]:
+    """This shard's documents of the configured corpus. ``limit`` counts documents of the whole
+    corpus, so it is applied before sharding (and then every shard streams from the start)."""
+    docs = iter_documents(config.paths, text_field=config.text_field, id_field=config.id_field, policy=config.policy,
+                          max_chars=config.max_chars, shard=shard if config.limit is None else None, stats=stats)
+    if config.limit is None:
+        yield from docs
+        return
+    for position, doc in enumerate(docs):
+        if position >= config.limit:
+            return
+        if shard.owns(position):
+            yield doc

@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data.corpus import CorpusStats, iter_documents
+from data.corpus import CorpusInput, CorpusStats, read_corpus
 from data.progress import progress_bar
 from data.records import Document, content_id
 from data.shards import Shard
@@ -23,22 +23,6 @@ from llm.types import GenerationRequest, SamplingParams
 from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class InputConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    paths: list[str] = Field(..., min_length=1, description="files, folders or globs of a corpus")
-    text_field: str = "text"
-    id_field: str | None = "id"
-    policy: Literal["fail", "skip"] = "fail"
-    max_chars: int = Field(1_000_000, ge=1, description="longer texts are bad input")
-    limit: int | None = Field(None, ge=1, description="only the first N documents (of the whole corpus)")
-
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path_is_a_list(cls, value):
-        return [value] if isinstance(value, str) else value
 
 
 class PromptConfig(BaseModel):
@@ -64,7 +48,7 @@ class PromptConfig(BaseModel):
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    input: InputConfig
+    input: CorpusInput
     prompt: PromptConfig
     engine: EngineConfig
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -128,13 +112,6 @@ def build_items(
         yield WorkItem(request=request, provenance=provenance)
 
 
-def limited(docs: Iterable[Document], limit: int | None) -> Iterator[Document]:
-    for count, doc in enumerate(docs):
-        if limit is not None and count >= limit:
-            return
-        yield doc
-
-
 def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | None = None, engine=None) -> dict:
     """One shard's whole life: skip if sealed, else generate what is missing and seal it.
 
@@ -152,18 +129,7 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
         log.info("%s: shard %s already complete; nothing to do", config.output, shard)
         return output.refresh_manifest()
     corpus_stats = CorpusStats()
-    # --limit counts documents of the whole corpus, so it is applied before sharding.
-    docs = iter_documents(
-        config.input.paths,
-        text_field=config.input.text_field,
-        id_field=config.input.id_field,
-        policy=config.input.policy,
-        max_chars=config.input.max_chars,
-        shard=shard if config.input.limit is None else None,
-        stats=corpus_stats,
-    )
-    if config.input.limit is not None:
-        docs = (d for i, d in enumerate(limited(docs, config.input.limit)) if shard.owns(i))
+    docs = read_corpus(config.input, shard, corpus_stats)
     writer = output.open_shard(shard)
     owns_engine = engine is None
     engine = make_engine(config.engine) if owns_engine else engine
