@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from data.errors import UserError
 from data.records import config_hash
@@ -180,11 +180,16 @@ class StageOutput:
         config: dict[str, Any],
         inputs: list[str | Path] = (),
         num_shards: int = 1,
+        operational: Iterable[str] = (),
     ) -> None:
+        """``operational``: dotted config keys that change how a run goes but not what it
+        produces (a budget, concurrency, timeouts): left out of the hash, so they can be changed
+        on a rerun of the same folder."""
         self.folder = Path(folder)
         self.stage = stage
         self.config = config
-        self.config_hash = config_hash(config)
+        self.operational = tuple(operational)
+        self.config_hash = config_hash(without_keys(config, self.operational))
         self.num_shards = num_shards
         self.folder.mkdir(parents=True, exist_ok=True)
         with self._locked():
@@ -268,7 +273,8 @@ class StageOutput:
 
     def _check_compatible(self, manifest: dict[str, Any]) -> None:
         if manifest.get("stage") != self.stage or manifest.get("config_hash") != self.config_hash:
-            changed = _changed_keys(manifest.get("config", {}), self.config)
+            changed = _changed_keys(without_keys(manifest.get("config", {}), self.operational),
+                                    without_keys(self.config, self.operational))
             raise StorageError(
                 f"{self.folder}: holds a {manifest.get('stage')} run with a different config "
                 f"(changed: {', '.join(changed) or 'stage'}); use a new output folder or restore the config"
@@ -302,6 +308,27 @@ class StageOutput:
             manifest["timings"] = {"shard_seconds": timings, "total_shard_seconds": sum(timings.values())}
             self._write_manifest(manifest)
             return manifest
+
+    def annotate_manifest(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """Add run-level facts (a cost, an export's size) that only the finished run knows."""
+        with self._locked():
+            manifest = self._read_manifest() or self._new_manifest([])
+            manifest.update(facts)
+            self._write_manifest(manifest)
+            return manifest
+
+
+def without_keys(config: dict[str, Any], dotted: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``config`` without the given dotted keys."""
+    result = json.loads(json.dumps(config, default=str))
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = result
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return result
 
 
 def _now() -> str:

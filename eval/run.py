@@ -17,7 +17,7 @@ from data.progress import progress_bar
 from data.records import BenchmarkRecord, content_id
 from data.shards import Shard
 from data.storage import ShardWriter, StageOutput
-from llm.config import EngineConfig
+from llm.config import EngineConfig, operational_keys
 from llm.engine import Engine, make_engine
 from llm.generation_run import WorkItem, derive_seed, record_id, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
@@ -263,7 +263,8 @@ def run_eval(config: EvalConfig, shard: Shard, *, engine: Engine | None = None) 
 
     records = load_records(config)
     output = StageOutput(config.output, stage="eval", config=config.model_dump(mode="json"),
-                         inputs=config.benchmarks + config.custom_benchmarks, num_shards=shard.count)
+                         inputs=config.benchmarks + config.custom_benchmarks, num_shards=shard.count,
+                         operational=operational_keys("engine"))
     if output.is_done(shard):
         log.info("%s: shard %s already complete; nothing to do", config.output, shard)
         manifest = output.refresh_manifest()

@@ -62,3 +62,14 @@ class OpenAIEngineConfig(_EngineConfigBase):
 EngineConfig = Annotated[
     Union[VllmEngineConfig, HfEngineConfig, OpenAIEngineConfig], Field(discriminator="kind")
 ]
+
+# Engine settings that change how a run goes, never what it produces: a stage leaves them out
+# of its config hash, so a rerun may raise a budget or change concurrency on the same folder.
+OPERATIONAL_ENGINE_KEYS = (
+    "base_url", "api_key_env", "max_in_flight", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s", "cache_path", "budget",
+    "queue_depth", "gpu_memory_utilization", "max_num_seqs", "enforce_eager", "tensor_parallel_size", "device",
+)
+
+
+def operational_keys(engine_key: str) -> list[str]:
+    return [f"{engine_key}.{key}" for key in OPERATIONAL_ENGINE_KEYS]

@@ -17,7 +17,6 @@ DEMO_EVAL_CONFIG = REPO_ROOT / "configs" / "demo-eval.yaml"
 
 # Stages that later work adds; until then the command says so instead of half-working.
 NOT_BUILT = {
-    "distill": "teacher prompting and the distillation set",
     "influence": "gradient-influence selection",
     "synth": "synthesizer training and mass generation",
     "pretrain": "continued pre-training",
@@ -56,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     _add_eval_parser(commands)
+
+    distill = commands.add_parser("distill", help="education-stage teacher prompting -> the distillation set")
+    _add_run_args(distill)
+    distill.add_argument("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
 
     for stage in NOT_BUILT:
         commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
@@ -147,6 +150,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    import json
+
+    from data.shards import resolve_shard
+    from distill.run import DistillConfig, dry_run, run_distill
+    from pipeline.config import load_config
+
+    config = load_config(DistillConfig, args.config, args.overrides)
+    shard = resolve_shard(args.shard)
+    if args.dry_run:
+        print(json.dumps(dry_run(config, shard), indent=2))
+        return 0
+    manifest = run_distill(config, shard)
+    counts = manifest.get("counts", {})
+    print(f"{config.output}: {counts.get('records', 0)} accepted, {counts.get('rejected', 0)} rejected "
+          f"{counts.get('rejected_by_reason', {})} from {counts.get('texts', 0)} texts")
+    _report(config.output, manifest)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from data.shards import resolve_shard
     from pipeline.config import load_config
@@ -217,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(chatty).setLevel(logging.WARNING)  # one line per HTTP call buries the run's own log
-    handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo, "eval": cmd_eval}
+    handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo, "eval": cmd_eval,
+                "distill": cmd_distill}
     try:
         return handlers[args.command](args)
     except Exception as err:

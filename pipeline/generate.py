@@ -16,7 +16,7 @@ from data.progress import progress_bar
 from data.records import Document, content_id
 from data.shards import Shard
 from data.storage import StageOutput
-from llm.config import EngineConfig
+from llm.config import EngineConfig, operational_keys
 from llm.engine import make_engine
 from llm.generation_run import WorkItem, derive_seed, run_generation
 from llm.types import GenerationRequest, SamplingParams
@@ -124,6 +124,7 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
         config=config.model_dump(mode="json"),
         inputs=config.input.paths,
         num_shards=shard.count,
+        operational=operational_keys("engine"),
     )
     if output.is_done(shard):
         log.info("%s: shard %s already complete; nothing to do", config.output, shard)

@@ -108,3 +108,12 @@ def test_shard_resolution_from_flag_and_slurm():
     for bad in ("3", "a/b", "4/4", "-1/2"):
         with pytest.raises(ShardSpecError):
             parse_shard(bad)
+
+
+def test_operational_keys_may_change_on_a_rerun(tmp_path):
+    config = {"engine": {"model": "m", "budget": {"max_calls": 5}}, "x": 1}
+    StageOutput(tmp_path / "out", stage="demo", config=config, operational=["engine.budget"])
+    raised = {"engine": {"model": "m", "budget": {"max_calls": 500}}, "x": 1}
+    StageOutput(tmp_path / "out", stage="demo", config=raised, operational=["engine.budget"])
+    with pytest.raises(StorageError, match=r"changed: engine\.model"):
+        StageOutput(tmp_path / "out", stage="demo", config={**raised, "engine": {"model": "other"}}, operational=["engine.budget"])

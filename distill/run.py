@@ -1,0 +1,257 @@
+"""``mathsynth distill``: source texts -> education-stage prompts -> teacher -> validated problems.
+
+Each source window gets a seeded (stage, variant) draw and one teacher call. Outputs that pass
+validation go to the part files (the distillation set); the others go to ``rejects-*.jsonl``
+with their reason, so counts can be audited and nothing is asked twice on a rerun. When every
+shard is sealed, the SFT export the synthesizer trains on is written beside them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from data.corpus import CorpusInput, CorpusStats, read_corpus
+from data.progress import progress_bar
+from data.records import Document, content_id
+from data.shards import Shard
+from data.storage import (
+    ShardWriter,
+    StageOutput,
+    atomic_write_text,
+    iter_records,
+    part_stem,
+)
+from distill.prompt_library import PromptLibrary
+from distill.sampling import assign
+from distill.windows import WindowMode, windows
+from llm.config import EngineConfig, operational_keys
+from llm.engine import Engine, make_engine
+from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
+from llm.types import GenerationRequest, GenerationResult, SamplingParams
+
+log = logging.getLogger(__name__)
+
+ALL_STAGES = ("grade_school", "middle_school", "high_school", "college", "amc_8", "amc_10", "amc_12", "aime")
+
+
+class TeacherSampling(SamplingParams):
+    """The released JiuZhang3.0 teacher settings: temperature 0.6, up to 2,500 tokens; stop if
+    the teacher starts a second problem."""
+
+    temperature: float = Field(0.6, ge=0.0)
+    max_tokens: int = Field(2500, ge=1)
+    seed: int | None = 0
+    stop: tuple[str, ...] = ("\n## Problem",)
+
+
+class Pricing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_per_million: float = Field(0.0, ge=0)
+    output_per_million: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
+
+
+class Estimate(BaseModel):
+    """How ``--dry-run`` turns text into tokens without a tokenizer (or with ``tokenizer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer: str | None = Field(None, description="a local tokenizer folder for exact prompt counts")
+    chars_per_token: float = Field(3.6, gt=0)
+    tokens_per_word: float = Field(1.6, gt=0, description="for the expected answer length (LaTeX-heavy text)")
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: CorpusInput
+    window_mode: WindowMode = "head"
+    windows_per_text: int = Field(1, ge=1)
+    stages: dict[str, float] = Field(default_factory=lambda: {stage: 1.0 for stage in ALL_STAGES})
+    variants: dict[str, float] = Field(default_factory=lambda: {"cot": 0.7, "tool": 0.3})
+    stages_file: str | None = Field(None, description="your own stages.yaml (default: the shipped library)")
+    variants_file: str | None = None
+    seed: int = 0
+    teacher: EngineConfig
+    format: Literal["chat", "raw"] = "chat"
+    sampling: TeacherSampling = Field(default_factory=TeacherSampling)
+    validation: dict[str, Any] = Field(default_factory=dict, description="distill.validation.ValidationConfig keys")
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
+    pricing: Pricing = Field(default_factory=Pricing)
+    estimate: Estimate = Field(default_factory=Estimate)
+    output: str = Field(..., min_length=1)
+
+
+def load_library(config: DistillConfig) -> PromptLibrary:
+    library = PromptLibrary.load(config.stages_file, config.variants_file)
+    for stage in config.stages:
+        library.check(stage, next(iter(library.variants)))
+    for variant in config.variants:
+        library.check(next(iter(library.stages)), variant)
+    return library
+
+
+def build_items(docs: Iterable[Document], library: PromptLibrary, config: DistillConfig) -> Iterator[WorkItem]:
+    """One work item per source window, its stage and variant drawn from the text's id."""
+    for doc in docs:
+        stage, variant = assign(doc.id, config.seed, config.stages, config.variants)
+        spec = library.variants[variant]
+        for start, end in windows(doc.text, spec.window_chars, config.window_mode)[: config.windows_per_text]:
+            prompt_id = library.prompt_id(stage, variant)
+            key = content_id(doc.id, start, end, prompt_id)
+            prompt = library.render(stage, variant, doc.text[start:end])
+            sampling = config.sampling.model_copy(update={"seed": derive_seed(config.sampling.seed, key)})
+            request = (GenerationRequest(id=key, sampling=sampling, messages=({"role": "user", "content": prompt},))
+                       if config.format == "chat" else GenerationRequest(id=key, sampling=sampling, prompt=prompt))
+            yield WorkItem(request=request, provenance={
+                "source_id": doc.id, "window": [start, end], "stage": stage, "variant": variant,
+                "prompt_id": prompt_id, "prompt": prompt, "source_text": doc.text[start:end],
+            })
+
+
+class AcceptedOrRejected:
+    """Two append-only files behind the writer interface the generation loop uses: an item is
+    done once its record is in either, so a rerun never asks the teacher twice."""
+
+    def __init__(self, accepted: ShardWriter, rejected: ShardWriter) -> None:
+        self.accepted, self.rejected = accepted, rejected
+
+    def __contains__(self, record_id: str) -> bool:
+        return record_id in self.accepted or record_id in self.rejected
+
+    def write(self, record: dict[str, Any]) -> bool:
+        return (self.accepted if record["accepted"] else self.rejected).write(record)
+
+
+def accepted_problems(path: Path) -> Iterator[str]:
+    if path.exists():
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.endswith("\n"):
+                    yield json.loads(line)["problem"]
+
+
+def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
+    """One shard's life: skip if sealed; else ask the teacher for what is missing, validate,
+    and seal; write the SFT export once every shard is sealed."""
+    from distill.validation import CandidateOutput, ValidationConfig, Validator
+    from eval.sandbox import Sandbox, SandboxConfig
+
+    library = load_library(config)
+    output = StageOutput(config.output, stage="distill", config=config.model_dump(mode="json"),
+                         inputs=config.input.paths, num_shards=shard.count,
+                         operational=operational_keys("teacher"))
+    if output.is_done(shard):
+        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
+        manifest = output.refresh_manifest()
+    else:
+        accepted = output.open_shard(shard)
+        rejected = ShardWriter(output.folder / f"rejects-{part_stem(shard)[len('part-'):]}.jsonl")
+        corpus_stats = CorpusStats()
+        owns_engine = engine is None
+        engine = make_engine(config.teacher) if owns_engine else engine
+        needs_sandbox = config.variants.get("tool", 0) > 0 and ValidationConfig(**config.validation).check_code
+        sandbox = Sandbox(SandboxConfig(**config.sandbox)) if needs_sandbox else None
+        validator = Validator(ValidationConfig(**config.validation), sandbox=sandbox)
+        for problem in accepted_problems(output.part_path(shard)):
+            validator.remember(problem)  # near-duplicates of what an earlier run accepted
+
+        def to_records(item: WorkItem, result: GenerationResult, model_name: str):
+            rows = list(result_records(item, result, model_name))
+            candidates = [CandidateOutput(key=row["id"], completion=row["completion"],
+                                          source_text=item.provenance["source_text"], variant=item.provenance["variant"])
+                          for row in rows]
+            for row, verdict in zip(rows, validator.check_many(candidates)):
+                parsed = verdict.parsed
+                yield {
+                    **{k: v for k, v in row.items() if k != "source_text"},
+                    "accepted": verdict.accepted,
+                    "reject_reason": verdict.reason,
+                    "problem": parsed.problem if parsed else None,
+                    "solution": parsed.solution if parsed else None,
+                    "final_answer": parsed.final_answer if parsed else None,
+                    "teacher": model_name,
+                    "validation": verdict.details,
+                }
+
+        try:
+            with progress_bar(f"distill {shard}", unit="text") as advance:
+                stats = run_generation(build_items(read_corpus(config.input, shard, corpus_stats), library, config),
+                                       engine, AcceptedOrRejected(accepted, rejected), to_records=to_records,
+                                       progress=advance)
+            engine_stats = getattr(engine, "stats", lambda: {})()
+        finally:
+            if sandbox is not None:
+                sandbox.close()
+            if owns_engine:
+                engine.close()
+            rejected.close(sync=True)
+        reasons: dict[str, int] = {}
+        with open(rejected.path, encoding="utf-8") as handle:
+            for line in handle:
+                reason = json.loads(line)["reject_reason"]
+                reasons[reason] = reasons.get(reason, 0) + 1
+        # Every teacher answer cost tokens, kept or not.
+        tokens = {k: accepted.usage.get(k, 0) + rejected.usage.get(k, 0) for k in set(accepted.usage) | set(rejected.usage)}
+        usage = {**tokens, "engine_calls_this_run": engine.calls,
+                 **{f"engine_{k}": v for k, v in engine_stats.items() if isinstance(v, (int, float))}}
+        manifest = output.finish_shard(shard, accepted, {
+            "texts": stats.items_total, "generated": stats.items_generated, "resumed_done": stats.items_skipped_done,
+            "rejected": len(rejected), "rejected_by_reason": reasons, "corpus_skipped": dict(corpus_stats.skipped),
+            "seconds": stats.seconds, "usage": usage,
+        })
+    if manifest["complete"]:
+        manifest = _finish_run(output, config)
+    return manifest
+
+
+def _finish_run(output: StageOutput, config: DistillConfig) -> dict[str, Any]:
+    """Cost in the manifest, and the SFT export: the stage prompt with its source text as input,
+    the problem and solution as target, in raw-prompt and chat form."""
+    raw_lines, chat_lines = [], []
+    for record in iter_records(output.folder):
+        prompt = record["prompt"] if isinstance(record["prompt"], str) else record["prompt"][-1]["content"]
+        target = f"{record['problem'].strip()}\n\n## Solution\n{record['solution'].strip()}\n"
+        raw_lines.append(json.dumps({"id": record["id"], "prompt": prompt, "completion": target}, ensure_ascii=False))
+        chat_lines.append(json.dumps({"id": record["id"], "messages": [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": target}]}, ensure_ascii=False))
+    atomic_write_text(output.folder / "sft_raw.jsonl", "".join(line + "\n" for line in raw_lines))
+    atomic_write_text(output.folder / "sft_chat.jsonl", "".join(line + "\n" for line in chat_lines))
+    manifest = output.refresh_manifest()
+    usage = manifest.get("usage", {})
+    cost = config.pricing.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+    return output.annotate_manifest({"cost_usd": round(cost, 6), "sft_examples": len(raw_lines)})
+
+
+def dry_run(config: DistillConfig, shard: Shard) -> dict[str, Any]:
+    """What a run would send, without calling anything: calls, estimated tokens and cost."""
+    library = load_library(config)
+    tokenizer = None
+    if config.estimate.tokenizer:
+        from llm.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(config.estimate.tokenizer)
+    calls = prompt_tokens = completion_tokens = 0
+    by_stage: dict[str, int] = {}
+    for item in build_items(read_corpus(config.input, shard), library, config):
+        text = item.request.prompt if item.request.prompt is not None else item.request.messages[-1]["content"]
+        prompt_tokens += len(tokenizer(text)["input_ids"]) if tokenizer else len(text) / config.estimate.chars_per_token
+        stage = library.stages[item.provenance["stage"]]
+        words = (sum(stage.problem_words) + sum(stage.solution_words)) / 2
+        completion_tokens += min(words * config.estimate.tokens_per_word, config.sampling.max_tokens) * config.sampling.n
+        calls += 1
+        by_stage[item.provenance["stage"]] = by_stage.get(item.provenance["stage"], 0) + 1
+    return {
+        "calls": calls,
+        "prompt_tokens": round(prompt_tokens),
+        "completion_tokens": round(completion_tokens),
+        "cost_usd": round(config.pricing.cost(prompt_tokens, completion_tokens), 4),
+        "by_stage": by_stage,
+    }

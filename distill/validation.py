@@ -1,0 +1,346 @@
+"""Which teacher outputs to keep. Every rejection has one stable reason string.
+
+Checks run in this order; the first that fails names the reason:
+
+``empty``                 the completion is blank.
+``no_problem``            nothing before the "## Solution" header, or the problem holds a code
+                          block or a ``\\boxed{}`` (a solution leaked into it).
+``no_solution``           no "## Solution" header, or nothing after it.
+``no_boxed_answer``       the solution has no complete ``\\boxed{...}``, or the last one is not an
+                          answer: over 200 characters, several lines, or holding a code fence.
+``problem_too_short``     the problem has fewer than ``min_problem_words`` words (whitespace
+                          tokens holding a letter or digit).
+``copies_source``         at least ``copy_max_fraction`` of the problem's word ``copy_ngram``-grams
+                          (lowercased alphanumeric tokens) occur in the source window.
+``cheating``              the solution states the answer without working. Any of:
+                          (a) fewer than ``min_solution_words`` words before the last box;
+                          (b) it is the answer restated: outside its boxes, fewer than
+                          ``max(3, min_solution_words // 3)`` distinct words that are neither filler
+                          ("the answer is", "therefore", ...) nor part of the answer;
+                          (c) the problem already gives the answer as the thing asked for: a
+                          "show/prove/verify/check that ... is|=|equals <answer>" sentence, or
+                          "the answer is <answer>", with the answer verbatim;
+                          (d) tool variant: the program is just ``print(<the boxed answer>)``.
+``no_code``               tool variant without a ```python block.
+``near_duplicate``        word 5-gram shingle Jaccard >= ``near_duplicate_jaccard`` with a problem
+                          already accepted (earlier in the batch, an earlier batch, or
+                          :meth:`Validator.remember`-ed from an earlier run). Checked against the
+                          earlier ones before running code, so duplicates cost no sandbox time.
+``code_failed``           the sandbox status of the program is not "ok".
+``code_answer_mismatch``  the program's last printed line is not equal to the boxed answer
+                          (:class:`eval.grading.Grader`, answer type "expression"; Python's ``**``
+                          is read as ``^``); printing nothing is a mismatch.
+
+Code runs only when ``check_code`` is on and a sandbox is given, one ``run_many`` call per batch;
+otherwise tool outputs skip that check and ``details["code_checked"]`` is False.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from data.text import find_boxes
+from distill.parsing import ParsedOutput, parse_teacher_output
+from eval.grading import Grader
+
+MAX_ANSWER_CHARS = 200  # a longer "answer" is a box left open around prose or garbage
+
+
+class ValidationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_problem_words: int = Field(8, ge=0)
+    min_solution_words: int = Field(15, ge=0, description="words of working before the final box")
+    copy_ngram: int = Field(8, ge=1)
+    copy_max_fraction: float = Field(0.5, gt=0, le=1, description="reject at or above this copied n-gram fraction")
+    near_duplicate_jaccard: float = Field(0.8, gt=0, le=1, description="on word 5-gram shingles")
+    check_code: bool = True
+
+
+@dataclass
+class CandidateOutput:
+    key: str
+    completion: str
+    source_text: str
+    variant: str  # "cot" or "tool"
+
+
+@dataclass
+class Verdict:
+    accepted: bool
+    reason: str | None
+    parsed: ParsedOutput | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class CodeRunner(Protocol):
+    def run_many(self, codes: list[str]) -> list[Any]: ...
+
+
+# --- words -----------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def count_words(text: str) -> int:
+    """Whitespace tokens that hold a letter or digit ("$x+1=3$" is one word, "--" none)."""
+    return sum(1 for token in text.split() if any(c.isalnum() for c in token))
+
+
+def tokens(text: str) -> list[str]:
+    """Lowercased alphanumeric runs: the unit of n-grams, blind to punctuation and LaTeX markup."""
+    return _TOKEN.findall(text.lower())
+
+
+def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def copied_fraction(problem: str, source: str, n: int) -> float:
+    """The share of the problem's word n-grams that also occur in the source."""
+    grams = ngrams(tokens(problem), n)
+    if not grams:
+        return 0.0
+    return len(grams & ngrams(tokens(source), n)) / len(grams)
+
+
+# --- cheating ----------------------------------------------------------------------------------
+
+# Words that restate an answer without working: "so the final answer is therefore ..."
+_FILLER = frozenset({
+    "the", "a", "an", "answer", "final", "result", "is", "are", "was", "so", "thus", "therefore", "hence",
+    "we", "get", "got", "have", "find", "found", "our", "this", "that", "it", "of", "to", "and", "which",
+    "equals", "equal", "gives", "value", "solution",
+})
+_GIVES_AWAY = re.compile(r"\b(show|prove|verify|confirm|check|demonstrate)\b[^.?!]*?\bthat\b|\bthe answer is\b", re.IGNORECASE)
+
+
+def cheating_rule(parsed: ParsedOutput, min_solution_words: int) -> str | None:
+    """Which rule (see the module docstring) calls the solution cheating, or None."""
+    solution, answer = parsed.solution, parsed.final_answer or ""
+    boxes = find_boxes(solution)
+    if boxes and count_words(solution[: boxes[-1][0]]) < min_solution_words:
+        return "too_little_working"
+    outside, pos = [], 0
+    for start, end, _ in boxes:
+        outside.append(solution[pos:start])
+        pos = end
+    outside.append(solution[pos:])
+    answer_words = set(tokens(answer))
+    distinct = {w for w in tokens(" ".join(outside)) if w not in _FILLER and w not in answer_words}
+    if len(distinct) < max(3, min_solution_words // 3):
+        return "restates_answer"
+    if _problem_gives_answer(parsed.problem, answer):
+        return "answer_in_problem"
+    if parsed.code is not None and _just_prints(parsed.code, answer):
+        return "prints_constant"
+    return None
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[\s$]+", "", text)
+
+
+def _problem_gives_answer(problem: str, answer: str) -> bool:
+    target = _squash(answer)
+    if not target:
+        return False
+    # The answer verbatim (spacing and $ aside) right after "is", "=", "equals", ..., and not
+    # followed by more of a number or word ("is 12" is not "is 125").
+    answer_re = r"[\s$]*".join(re.escape(c) for c in target)
+    stated = re.compile(r"(?:=|\b(?:is|equals?|equal\s+to|be)\b)[\s$]*" + answer_re + r"(?!\w|\.\d)", re.IGNORECASE)
+    for sentence in re.split(r"(?<=[.?!])\s+|\n+", problem):
+        gives = _GIVES_AWAY.search(sentence)
+        if gives and stated.search(sentence, gives.start()):
+            return True
+    return False
+
+
+def _just_prints(code: str, answer: str) -> bool:
+    lines = [line.strip() for line in code.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if len(lines) != 1:
+        return False
+    match = re.fullmatch(r"print\(\s*(['\"]?)(.*?)\1\s*\)", lines[0])
+    return bool(match) and _squash(match.group(2)) == _squash(answer)
+
+
+# --- near duplicates -------------------------------------------------------------------------
+
+
+class NearDuplicateIndex:
+    """Exact Jaccard on word-shingle sets, with MinHash + LSH banding to find the candidates.
+
+    ``bands`` x ``rows`` = the number of hash functions; 20 x 5 makes a pair at Jaccard 0.8 a
+    candidate with probability 1 - (1 - 0.8^5)^20 > 0.999, and candidates are then verified
+    exactly, so no false positives. Hash functions come from a fixed seed: runs agree.
+    """
+
+    _PRIME = (1 << 31) - 1  # a * x + b stays below 2^64 for 32-bit x
+
+    def __init__(self, shingle: int = 5, bands: int = 20, rows: int = 5, seed: int = 0) -> None:
+        self.shingle, self.bands, self.rows = shingle, bands, rows
+        rng = np.random.default_rng(seed)
+        self._a = rng.integers(1, self._PRIME, size=bands * rows, dtype=np.uint64)
+        self._b = rng.integers(0, self._PRIME, size=bands * rows, dtype=np.uint64)
+        self._sets: list[frozenset[int]] = []
+        self._buckets: dict[tuple[int, bytes], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def shingles(self, text: str) -> frozenset[int]:
+        words = tokens(text)
+        n = min(self.shingle, len(words))
+        grams = ngrams(words, n) if n else set()
+        return frozenset(zlib.crc32(" ".join(gram).encode()) for gram in grams)
+
+    def _band_keys(self, shingles: frozenset[int]) -> list[tuple[int, bytes]]:
+        x = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))
+        signature = ((self._a[:, None] * x[None, :] + self._b[:, None]) % np.uint64(self._PRIME)).min(axis=1)
+        return [(band, signature[band * self.rows : (band + 1) * self.rows].tobytes()) for band in range(self.bands)]
+
+    def nearest(self, text: str) -> tuple[float, int | None]:
+        """(Jaccard, index) of the most similar stored text among the LSH candidates; (0.0, None) if none."""
+        query = self.shingles(text)
+        if not query:
+            return 0.0, None
+        candidates = {i for key in self._band_keys(query) for i in self._buckets.get(key, ())}
+        best, best_index = 0.0, None
+        for i in sorted(candidates):
+            stored = self._sets[i]
+            common = len(query & stored)
+            jaccard = common / (len(query) + len(stored) - common)
+            if jaccard > best:
+                best, best_index = jaccard, i
+        return best, best_index
+
+    def add(self, text: str) -> None:
+        shingles = self.shingles(text)
+        if not shingles:
+            return
+        index = len(self._sets)
+        self._sets.append(shingles)
+        for key in self._band_keys(shingles):
+            self._buckets.setdefault(key, []).append(index)
+
+
+# --- the validator ---------------------------------------------------------------------------
+
+
+class Validator:
+    """Validates batches of teacher outputs and remembers the accepted problems across batches.
+
+    ``sandbox`` runs tool-variant programs (None: not checked); ``grader`` compares printed and
+    boxed answers (None: one is started on first need and closed by :meth:`close`).
+    """
+
+    def __init__(self, config: ValidationConfig | None = None, sandbox: CodeRunner | None = None,
+                 grader: Grader | None = None) -> None:
+        self.config = config or ValidationConfig()
+        self.sandbox = sandbox
+        self._grader, self._own_grader = grader, grader is None
+        self.index = NearDuplicateIndex()
+
+    def remember(self, problem: str) -> None:
+        """Seed the near-duplicate index with a problem accepted by an earlier run (resume)."""
+        self.index.add(problem)
+
+    def check_many(self, items: list[CandidateOutput]) -> list[Verdict]:
+        verdicts = [self._check_text(item) for item in items]
+        self._check_code(items, verdicts)
+        for verdict in verdicts:  # in order: the first of two duplicates in a batch wins
+            if verdict.reason is None and not self._is_duplicate(verdict):
+                verdict.accepted = True
+                self.index.add(verdict.parsed.problem)
+        return verdicts
+
+    def close(self) -> None:
+        if self._own_grader and self._grader is not None:
+            self._grader.close()
+            self._grader = None
+
+    def __enter__(self) -> Validator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- steps
+
+    def _check_text(self, item: CandidateOutput) -> Verdict:
+        """Every check that needs no code execution; a surviving verdict has reason None."""
+        config = self.config
+        parsed, failure = parse_teacher_output(item.completion)
+        if parsed is None:
+            return Verdict(False, failure, None, {})
+        details: dict[str, Any] = {"problem_words": count_words(parsed.problem)}
+        verdict = Verdict(False, None, parsed, details)
+        if "```" in parsed.problem or find_boxes(parsed.problem):
+            verdict.reason = "no_problem"  # a solution leaked into it: the format is broken
+            return verdict
+        answer = parsed.final_answer
+        if answer is None or "\n" in answer or "```" in answer or len(answer) > MAX_ANSWER_CHARS:
+            verdict.reason = "no_boxed_answer"
+            return verdict
+        if details["problem_words"] < config.min_problem_words:
+            verdict.reason = "problem_too_short"
+            return verdict
+        details["copy_fraction"] = round(copied_fraction(parsed.problem, item.source_text or "", config.copy_ngram), 4)
+        if details["copy_fraction"] >= config.copy_max_fraction:
+            verdict.reason = "copies_source"
+        elif (rule := cheating_rule(parsed, config.min_solution_words)) is not None:
+            details["cheating_rule"] = rule
+            verdict.reason = "cheating"
+        elif item.variant == "tool" and parsed.code is None:
+            verdict.reason = "no_code"
+        else:
+            self._is_duplicate(verdict)  # against the problems accepted before this batch
+        return verdict
+
+    def _is_duplicate(self, verdict: Verdict) -> bool:
+        jaccard, _ = self.index.nearest(verdict.parsed.problem)
+        verdict.details["nearest_jaccard"] = round(jaccard, 4)
+        if jaccard >= self.config.near_duplicate_jaccard:
+            verdict.reason = "near_duplicate"
+            return True
+        return False
+
+    def _check_code(self, items: list[CandidateOutput], verdicts: list[Verdict]) -> None:
+        todo = [i for i, (item, verdict) in enumerate(zip(items, verdicts))
+                if verdict.reason is None and item.variant == "tool" and verdict.parsed.code is not None]
+        run = self.config.check_code and self.sandbox is not None
+        for i in todo:
+            verdicts[i].details["code_checked"] = run
+        if not run or not todo:
+            return
+        results = self.sandbox.run_many([verdicts[i].parsed.code for i in todo])
+        to_grade: list[tuple[int, str]] = []
+        for i, result in zip(todo, results):
+            details = verdicts[i].details
+            details["code_status"] = result.status
+            details["code_stdout"] = result.stdout[-500:]
+            if result.status != "ok":
+                details["code_stderr"] = (result.stderr or "")[-500:]
+                verdicts[i].reason = "code_failed"
+                continue
+            lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+            details["printed_answer"] = lines[-1] if lines else None
+            if not lines:
+                verdicts[i].reason = "code_answer_mismatch"
+                continue
+            to_grade.append((i, lines[-1]))
+        if not to_grade:
+            return
+        if self._grader is None:
+            self._grader = Grader(workers=1)
+        pairs = [(f"\\boxed{{{verdicts[i].parsed.final_answer}}}", printed.replace("**", "^"), "expression")
+                 for i, printed in to_grade]
+        for (i, _), grade in zip(to_grade, self._grader.grade_many(pairs)):
+            verdicts[i].details["answer_grade"] = grade.reason
+            if not grade.equal:
+                verdicts[i].reason = "code_answer_mismatch"
