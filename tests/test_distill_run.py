@@ -184,3 +184,24 @@ def test_a_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path, scripted_t
     kept = rows(out / "part-00000-of-00001.jsonl") + rows(out / "rejects-00000-of-00001.jsonl")
     assert len(kept) == len({r["id"] for r in kept}) == len(KINDS)
     assert all(count == 1 for count in billed.values())  # nothing answered was asked again
+
+
+@pytest.mark.slow
+def test_vllm_server_as_the_teacher_rejects_nonsense_and_keeps_nothing_invalid(tmp_path, tiny_model):
+    from conftest import sample_texts
+    from vllm_server import vllm_server
+
+    texts = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"se{i}", "text": t} for i, t in enumerate(sample_texts(12))])
+    with vllm_server(tiny_model, tmp_path / "vllm.log", max_model_len=2048) as base_url:
+        config = config_file(tmp_path, texts, base_url, "out", teacher={"model": "tiny"},
+                             variants={"cot": 0.5, "tool": 0.5}, sampling={"max_tokens": 48})
+        result = distill("--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    accepted, rejected = rows(out / "part-00000-of-00001.jsonl"), rows(out / "rejects-00000-of-00001.jsonl")
+    assert len(accepted) + len(rejected) == 12
+    assert accepted == []  # a random tiny model never writes a valid problem with a worked, boxed solution
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(manifest["counts"]["rejected_by_reason"].values()) == 12
+    assert all(r["reject_reason"] and r["completion"] is not None for r in rejected)
+    assert manifest["complete"] and (out / "sft_raw.jsonl").read_text() == ""
