@@ -7,16 +7,17 @@ from pathlib import Path
 from llm.engine import EngineError
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A local folder must exist and look like a checkpoint; anything else is a hub name.
+def resolve_model_path(name_or_path: str, *, marker: str = "config.json") -> str:
+    """A local folder must exist and hold ``marker`` (a checkpoint's config.json, or a
+    tokenizer's tokenizer_config.json); anything else is a hub name.
 
     Failing here, with the path in the message, beats a deep stack trace from a loader.
     """
     path = Path(name_or_path).expanduser()
     looks_local = name_or_path.startswith((".", "/", "~")) or path.exists()
     if looks_local:
-        if not (path / "config.json").is_file():
-            raise EngineError(f"model {name_or_path}: no config.json there (not a checkpoint folder)")
+        if not (path / marker).is_file():
+            raise EngineError(f"{name_or_path}: no {marker} there (not a {'tokenizer' if 'tokenizer' in marker else 'checkpoint'} folder)")
         # A local checkpoint must load without a network: stop the hub client from trying.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return str(path)
@@ -43,7 +44,7 @@ def pick_device(name: str) -> str:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path, marker="tokenizer_config.json"))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
