@@ -50,6 +50,18 @@ class OpenAIEngineConfig(_EngineConfigBase):
     base_url: str | None = None  # None: the OpenAI API (or OPENAI_BASE_URL)
     api_key_env: str = "OPENAI_API_KEY"
     api: Literal["chat", "completions"] = "chat"
+    # How the HTTP calls are made. "aiohttp" (default): our own aiohttp client, about a quarter
+    # of the SDK's client CPU per call (the SDK caps a 2-core client near 0.6 of a 64-in-flight,
+    # 50 ms endpoint; aiohttp reaches 0.85: bench/RESULTS.md), and its errors tell "never
+    # reached the server" (the ledger refunds the call) from "may have been billed" directly. "sdk": the openai SDK's
+    # httpx client, as before (the SDK's own aiohttp adapter reports refused connections as
+    # timeouts, which would keep never-sent calls charged).
+    transport: Literal["aiohttp", "sdk"] = "aiohttp"
+    # Sent with every call, e.g. Azure OpenAI: {"api-key": "${AZURE_OPENAI_API_KEY}"} and
+    # {"api-version": "2024-10-21"}. "${NAME}" in a value is read from the environment at run
+    # time: run manifests record this config, so a key must not be written into it.
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    default_query: dict[str, str] = Field(default_factory=dict)
     max_in_flight: int = Field(16, ge=1, description="HTTP calls in flight, not items")
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(8, ge=0)
@@ -66,7 +78,8 @@ EngineConfig = Annotated[
 # Engine settings that change how a run goes, never what it produces: a stage leaves them out
 # of its config hash, so a rerun may raise a budget or change concurrency on the same folder.
 OPERATIONAL_ENGINE_KEYS = (
-    "base_url", "api_key_env", "max_in_flight", "timeout_s", "max_retries", "backoff_initial_s", "backoff_max_s", "cache_path", "budget",
+    "base_url", "api_key_env", "transport", "extra_headers", "default_query", "max_in_flight", "timeout_s",
+    "max_retries", "backoff_initial_s", "backoff_max_s", "cache_path", "budget",
     "queue_depth", "gpu_memory_utilization", "max_num_seqs", "enforce_eager", "tensor_parallel_size", "device",
 )
 

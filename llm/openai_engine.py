@@ -20,6 +20,13 @@ What it guarantees, and how:
 * Identical requests (same cache key) in one run share one call, as a rerun would share
   the cached answer: asking twice for the same key never pays twice.
 
+Two transports make the HTTP calls (``engine.transport``); everything above is the same code
+for both. ``aiohttp`` (default): one ``aiohttp.ClientSession`` per run, POSTing the JSON body
+to ``{base_url}/chat/completions`` or ``/completions``; a failed connect (refused, DNS, TLS, a
+connect timeout) is "never reached the server", a dropped connection, a cut body or a timeout
+once the connection was made is "may have been billed". ``sdk``: the openai SDK's httpx client
+(``client.post``), told apart by httpx's ConnectError / ConnectTimeout.
+
 The cache file belongs on a local disk (sqlite's WAL needs shared memory: not NFS/Lustre);
 several processes on one machine may share it.
 
@@ -38,8 +45,11 @@ import json
 import os
 import queue
 import random
+import re
+import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -50,7 +60,9 @@ from collections.abc import (
 )
 from typing import Any, Generic, TypeVar
 
+import aiohttp
 import openai
+import yarl
 
 from llm.config import OpenAIEngineConfig
 from llm.engine import BudgetExceeded, Engine, EngineError
@@ -66,6 +78,16 @@ _CACHE_KEY_VERSION = 1
 
 class MalformedResponse(Exception):
     """A 200 whose body is not a usable completion (truncated, not JSON, wrong shape)."""
+
+
+class HTTPStatusError(Exception):
+    """A non-2xx answer under the aiohttp transport (the SDK raises its APIStatusError)."""
+
+    def __init__(self, status_code: int, detail: str, headers: Mapping[str, str]) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.headers = headers
 
 
 # ----------------------------------------------------------------------------------------
@@ -187,38 +209,68 @@ def parse_response(data: Any, api: str, n: int) -> tuple[list[Completion], Usage
     return completions, usage
 
 
+def _retryable_status(code: int) -> bool:
+    return code in (408, 409, 429) or code >= 500
+
+
 def classify_error(exc: BaseException) -> tuple[bool, str, float | None]:
     """(retryable, one-line description, Retry-After seconds) for a failed attempt."""
     if isinstance(exc, openai.APIStatusError):
         code = exc.status_code
-        retryable = code in (408, 409, 429) or code >= 500
         detail = " ".join(str(exc.message).split())[:160]
-        return retryable, f"HTTP {code}: {detail}", retry_after_s(exc.response.headers)
+        return _retryable_status(code), f"HTTP {code}: {detail}", retry_after_s(exc.response.headers)
+    if isinstance(exc, HTTPStatusError):
+        return _retryable_status(exc.status_code), str(exc), retry_after_s(exc.headers)
     if isinstance(exc, openai.APITimeoutError):
         return True, "timed out", None
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return True, f"connection error ({type(cause).__name__}: {_one_line(cause)})", None
+    # aiohttp (before ValueError: its InvalidURL is one)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return False, f"invalid URL ({_one_line(exc)})", None
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return True, "timed out connecting", None
+    if isinstance(exc, asyncio.TimeoutError):  # the attempt's total timeout (or a read timeout)
+        return True, "timed out", None
+    if isinstance(exc, aiohttp.ClientConnectionError):  # refused, DNS, TLS, dropped, reset
+        return True, f"connection error ({type(exc).__name__}: {_one_line(exc)})", None
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return True, f"broken response body ({type(exc).__name__}: {_one_line(exc)})", None
     if isinstance(exc, (MalformedResponse, ValueError)):  # json.JSONDecodeError is a ValueError
         return True, f"malformed response ({_one_line(exc)})", None
+    if isinstance(exc, aiohttp.ClientError):  # e.g. an unparsable HTTP response
+        return True, f"{type(exc).__name__}: {_one_line(exc)}", None
     return False, f"{type(exc).__name__}: {_one_line(exc)}", None
 
 
 def never_reached_server(exc: BaseException) -> bool:
-    """True when the attempt provably was not delivered: the TCP connection was never made
-    (httpx's ConnectError, under openai 1.x or 3.x) or the server answered with an error
-    status (an error response is not billed). Those attempts get their reserved tokens back;
-    a timeout, dropped connection or broken body keeps its worst case (the provider may have
-    generated, and billed, the completion)."""
-    if isinstance(exc, openai.APIStatusError):
+    """True when the attempt provably was not delivered: the connection was never made (see
+    ``_never_sent``) or the server answered with an error status (an error response is not
+    billed). Those attempts get their reserved tokens back; a timeout, dropped connection or
+    broken body keeps its worst case (the provider may have generated, and billed, the
+    completion)."""
+    if isinstance(exc, (openai.APIStatusError, HTTPStatusError)):
         return True
     return _never_sent(exc)
 
 
 def _never_sent(exc: BaseException) -> bool:
-    """The TCP connection was never made, so no request bytes left: httpx's ConnectError or
-    ConnectTimeout (the SDK chains them as __cause__), under openai 1.x or 3.x alike."""
+    """The connection was never made, so no request bytes left. aiohttp: ClientConnectorError
+    (refused, DNS, TLS handshake, proxy; raised only while connecting) or
+    ConnectionTimeoutError (the connect phase ran out of time), or a URL it could not use.
+    The SDK: httpx's ConnectError or ConnectTimeout (chained as __cause__), under openai 1.x
+    or 3.x alike."""
+    if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)):
+        return True
     return type(exc.__cause__).__name__ in ("ConnectError", "ConnectTimeout")
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """Worth naming the URL in the error: the endpoint, not the request, is the likely problem."""
+    return isinstance(
+        exc, (openai.APIConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -232,6 +284,148 @@ def _http_module() -> Any:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(value: str) -> str:
+    """``${NAME}`` in a header or query value, read from the environment (a key need not sit
+    in the config, which manifests record); an unset variable is a one-line error."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise EngineError(f"engine config refers to ${{{name}}} but the environment variable {name} is not set")
+        return os.environ[name]
+
+    return _ENV_REF.sub(sub, value)
+
+
+def _env_proxy(url: yarl.URL) -> str | None:
+    """The proxy httpx (and so the SDK) would use for ``url`` from the environment
+    (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, minus NO_PROXY): looked up once per run."""
+    proxies = urllib.request.getproxies_environment()
+    if not proxies or urllib.request.proxy_bypass_environment(url.host or "", proxies):
+        return None
+    return proxies.get(url.scheme) or proxies.get("all")
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """Certificates as httpx (and so the SDK) finds them: SSL_CERT_FILE / SSL_CERT_DIR, else
+    certifi's bundle (not the system store, which slim images may lack)."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - httpx depends on it
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def _error_detail(raw: bytes) -> str:
+    """The one-line message of an error body: OpenAI's ``{"error": {"message": ...}}``, or the text."""
+    try:
+        data = json.loads(raw)
+        err = data.get("error") if isinstance(data, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else (err if isinstance(err, str) else None)
+        if msg is None and isinstance(data, dict):
+            msg = data.get("message") or data.get("detail")
+        text = str(msg) if msg is not None else raw.decode("utf-8", "replace")
+    except ValueError:
+        text = raw.decode("utf-8", "replace")
+    return " ".join(text.split())[:160] or "(empty body)"
+
+
+# ----------------------------------------------------------------------------------------
+# Transports: one POST of a JSON body, the raw response body back (or an exception)
+# ----------------------------------------------------------------------------------------
+
+
+class _AiohttpTransport:
+    """One ``aiohttp.ClientSession`` for a run, created and closed on the run's event loop.
+
+    The pool holds ``max_in_flight`` connections, as many as calls in flight, so an attempt
+    never waits for one. Each attempt has ``timeout_s`` in all; connecting (DNS, TCP, TLS)
+    gets at most half of it, so a connect that hangs ends as a ConnectionTimeoutError (never
+    sent: refunded) rather than as the total timeout (which may strike after the request went
+    out, so it keeps its charge)."""
+
+    def __init__(self, cfg: OpenAIEngineConfig) -> None:
+        base = (cfg.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        root = yarl.URL(base)
+        if root.scheme not in ("http", "https") or not root.host:
+            raise EngineError(f"engine.base_url: {base!r} is not an http(s) URL")
+        self.url = base
+        path = "/chat/completions" if cfg.api == "chat" else "/completions"
+        self.endpoint = yarl.URL(base + path)
+        if cfg.default_query:
+            self.endpoint = self.endpoint.update_query({k: expand_env(v) for k, v in cfg.default_query.items()})
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(cfg.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        for name, value in cfg.extra_headers.items():
+            for have in [h for h in headers if h.lower() == name.lower()]:
+                del headers[have]
+            headers[name] = expand_env(value)
+        connector = aiohttp.TCPConnector(
+            limit=cfg.max_in_flight,
+            ssl=_ssl_context() if root.scheme == "https" else True,
+            # below the 5 s that uvicorn (vLLM's server) keeps an idle connection: a pooled
+            # connection is reused only while the server still holds it open
+            keepalive_timeout=4.0,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s, connect=cfg.timeout_s / 2),
+            proxy=_env_proxy(self.endpoint),
+        )
+
+    async def post(self, body: dict[str, Any]) -> bytes:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        async with self.session.post(self.endpoint, data=data) as resp:
+            raw = await resp.read()
+            if not 200 <= resp.status < 300:
+                raise HTTPStatusError(resp.status, _error_detail(raw), resp.headers)
+            return raw
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class _SdkTransport:
+    """The openai SDK's client (``client.post`` with the raw HTTP response, the SDK's
+    documented way to call any route), ``engine.calls_per_client`` calls per client.
+
+    Not ``.create()``: it walks the params' TypedDict annotations and builds pydantic models
+    on every call, which cost more CPU than everything else together
+    (bench/openai_engine.py); we validate the body ourselves anyway."""
+
+    def __init__(self, engine: OpenAIEngine) -> None:
+        self.clients = engine._make_clients()
+        # Which slot a call holds decides its client: each client carries <= its share (the
+        # run's semaphore keeps at most max_in_flight slots taken).
+        self.free_slots = list(range(engine.cfg.max_in_flight))
+        self.path = "/chat/completions" if engine.cfg.api == "chat" else "/completions"
+        self.response_type = _http_module().Response
+        self.url = str(self.clients[0].base_url).rstrip("/")
+
+    async def post(self, body: dict[str, Any]) -> bytes:
+        slot = self.free_slots.pop()
+        client = self.clients[slot % len(self.clients)]
+        try:
+            raw = await client.post(self.path, body=body, cast_to=self.response_type)
+        finally:
+            self.free_slots.append(slot)
+        return raw.content
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
 
 
 # ----------------------------------------------------------------------------------------
@@ -399,6 +593,7 @@ class OpenAIEngine(Engine):
             "model": self.cfg.model,
             "base_url": self.cfg.base_url,
             "api": self.cfg.api,
+            "transport": self.cfg.transport,
             "calls": self.calls,
             "retries": self.retries,
             "cache_hits": self.cache_hits,
@@ -440,7 +635,14 @@ class OpenAIEngine(Engine):
             max_retries=0,  # retries are ours: they must go through the budget
             timeout=self.cfg.timeout_s,
             http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.cfg.timeout_s),
+            default_headers={k: expand_env(v) for k, v in self.cfg.extra_headers.items()} or None,
+            default_query={k: expand_env(v) for k, v in self.cfg.default_query.items()} or None,
         )
+
+    def _make_transport(self) -> _AiohttpTransport | _SdkTransport:
+        if self.cfg.transport == "sdk":
+            return _SdkTransport(self)
+        return _AiohttpTransport(self.cfg)
 
     async def _run(
         self,
@@ -450,12 +652,11 @@ class OpenAIEngine(Engine):
     ) -> None:
         if self._closed:
             raise EngineError("OpenAIEngine: used after close()")
-        clients = self._make_clients()
+        transport = self._make_transport()
         try:
-            await _Run(self, clients, emit, backlog).run(requests)
+            await _Run(self, transport, emit, backlog).run(requests)
         finally:
-            for c in clients:
-                await c.close()
+            await transport.close()
 
 
 _PROCESS_LEDGERS: dict[str, RequestStore] = {}
@@ -478,17 +679,15 @@ class _Run:
     """One generate() call: dispatch, retries, budget and cache for a stream of requests."""
 
     def __init__(
-        self, engine: OpenAIEngine, clients: list[openai.AsyncOpenAI], emit: Emit, backlog: Callable[[], int]
+        self, engine: OpenAIEngine, transport: _AiohttpTransport | _SdkTransport, emit: Emit, backlog: Callable[[], int]
     ) -> None:
         self.e = engine
         self.cfg = engine.cfg
-        self.clients = clients
+        self.transport = transport
         self.emit = emit
         self.backlog = backlog
         n = self.cfg.max_in_flight
         self.slots = asyncio.Semaphore(n)  # HTTP calls in flight
-        # Which slot a call holds decides its client: each client carries <= its share.
-        self.free_slots = list(range(n))
         # Request tasks alive at once (calling, waiting for a slot, or sleeping in backoff):
         # more than n so slots stay busy while some requests back off, yet bounded.
         self.live = asyncio.Semaphore(2 * n + 16)
@@ -593,12 +792,7 @@ class _Run:
     async def _attempts(self, req: GenerationRequest, key: str, body: dict[str, Any]) -> None:
         worst = worst_case_tokens(req)
         n = req.sampling.n
-        # client.post with the raw HTTP response (the SDK's documented way to call any route)
-        # instead of .create(): .create() walks the params' TypedDict annotations and builds
-        # pydantic models on every call, which here cost more CPU than everything else
-        # together (bench/openai_engine.py); we validate the body ourselves anyway.
-        path = "/chat/completions" if self.cfg.api == "chat" else "/completions"
-        response_type = _http_module().Response
+        post = self.transport.post
         retry = 0
         while True:
             async with self.slots:
@@ -613,13 +807,7 @@ class _Run:
                 self.e.peak_in_flight = max(self.e.peak_in_flight, self.in_flight)
                 failure: Exception | None = None
                 try:
-                    slot = self.free_slots.pop()
-                    client = self.clients[slot % len(self.clients)]
-                    try:
-                        raw = await client.post(path, body=body, cast_to=response_type)
-                    finally:
-                        self.free_slots.append(slot)
-                    data = json.loads(raw.content)
+                    data = json.loads(await post(body))
                     completions, usage = parse_response(data, self.cfg.api, n)
                 except asyncio.CancelledError:
                     raise  # the reservation stays charged: we cannot know what the server did
@@ -659,7 +847,7 @@ class _Run:
             if not retryable:
                 raise EngineError(f"request {req.id}: {why} (not retried)")
             if retry >= self.cfg.max_retries:
-                where = f" at {self._url()}" if isinstance(failure, openai.APIConnectionError) else ""
+                where = f" at {self.transport.url}" if _connection_failure(failure) else ""
                 raise EngineError(f"request {req.id}: gave up after {retry + 1} attempts{where}: {why}")
             if self.error is not None:
                 raise _Stop
@@ -677,9 +865,6 @@ class _Run:
                 raise
             finally:
                 self.sleeping.discard(me)
-
-    def _url(self) -> str:
-        return str(self.clients[0].base_url).rstrip("/")
 
     def _budget_message(self, wanted_tokens: int) -> str:
         calls, tokens = self.e.store.spent()

@@ -17,7 +17,8 @@ ever handled at once (a client that has given up on a request no longer counts).
 Use in-process (``with FaultServer(...) as srv``: an aiohttp server on its own loop in a
 thread) or as a separate process (``python tests/fault_server.py --latency 0.05``: prints
 ``PORT <n>`` and serves until killed); ``srv.stats()`` / ``fetch_stats(url)`` read the
-counters over HTTP (``GET /_stats``), ``POST /_config`` changes the fault plan.
+counters over HTTP (``GET /_stats``, which also shows the path, query and headers of the last
+completion request), ``POST /_config`` changes the fault plan.
 """
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ class Counters:
     billed_tokens: int = 0
     active: int = 0
     max_active: int = 0
+    last_request: dict[str, Any] = field(default_factory=dict)  # path, query, headers (lower-case names)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -95,6 +97,7 @@ class Counters:
             "faults": dict(self.faults),
             "billed_tokens": self.billed_tokens,
             "max_active": self.max_active,
+            "last_request": self.last_request,
         }
 
 
@@ -136,6 +139,11 @@ class FaultApp:
         c = self.c
         attempt = c.received[key]
         c.received[key] += 1
+        c.last_request = {
+            "path": request.path,
+            "query": dict(request.query),
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+        }
         # Let the loop finish cancelling handlers whose client already hung up (their FIN
         # reached us before this request did) so max_active measures live calls only.
         for _ in range(3):

@@ -3,11 +3,13 @@ last test (marked slow) starts a real vLLM server.
 
 What must hold under faults: every request answered exactly once with the right content, no
 request paid twice, calls in flight bounded, budget never exceeded (kill -9 included), reruns
-served from the cache, and clear one-line errors.
+served from the cache, and clear one-line errors. Every test that runs the engine runs once
+per transport (``engine_cfg``): aiohttp (the default) and the openai SDK.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -25,9 +27,12 @@ from llm.config import BudgetConfig, OpenAIEngineConfig
 from llm.engine import EngineError, make_engine
 from llm.openai_engine import (
     BudgetExceeded,
+    HTTPStatusError,
     OpenAIEngine,
     backoff_delay,
     cache_key,
+    classify_error,
+    never_reached_server,
     request_body,
     retry_after_s,
     worst_case_tokens,
@@ -52,6 +57,20 @@ def make_cfg(url: str, tmp_path: Path | None, **kw) -> OpenAIEngineConfig:
     )
     base.update(kw)
     return OpenAIEngineConfig(**base)
+
+
+TRANSPORTS = ("aiohttp", "sdk")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def engine_cfg(transport):
+    """``make_cfg`` for the transport under test."""
+    return functools.partial(make_cfg, transport=transport)
 
 
 def make_requests(n: int, prefix: str = "q", sampling: SamplingParams = SP) -> list[GenerationRequest]:
@@ -98,8 +117,8 @@ def collect(gen) -> tuple[list, BaseException | None]:
 # --------------------------------------------------------------------------------------
 
 
-def test_faults_every_request_once_none_paid_twice(server, tmp_path):
-    cfg = make_cfg(server.url, tmp_path)
+def test_faults_every_request_once_none_paid_twice(engine_cfg, server, tmp_path):
+    cfg = engine_cfg(server.url, tmp_path)
     reqs = make_requests(200)
     with make_engine(cfg) as eng:
         results = list(eng.generate(iter(reqs)))
@@ -129,10 +148,10 @@ def test_faults_every_request_once_none_paid_twice(server, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def test_call_budget_never_exceeded_and_rerun_resumes(server, tmp_path):
+def test_call_budget_never_exceeded_and_rerun_resumes(engine_cfg, server, tmp_path):
     server.configure(rate=0.6)
     reqs = make_requests(40)
-    cfg = make_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_calls=30))
+    cfg = engine_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_calls=30))
     with OpenAIEngine(cfg) as eng:
         got1, err = collect(eng.generate(reqs))
     st1 = server.stats()
@@ -159,10 +178,10 @@ def test_call_budget_never_exceeded_and_rerun_resumes(server, tmp_path):
         assert st2["received"][key] == st1["received"][key]
 
 
-def test_token_budget_never_exceeded(server, tmp_path):
+def test_token_budget_never_exceeded(engine_cfg, server, tmp_path):
     reqs = make_requests(60)
     budget = 1500
-    cfg = make_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_tokens=budget))
+    cfg = engine_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_tokens=budget))
     with OpenAIEngine(cfg) as eng:
         got, err = collect(eng.generate(reqs))
         spent_calls, spent_tokens = eng.store.spent()
@@ -172,8 +191,9 @@ def test_token_budget_never_exceeded(server, tmp_path):
     assert len(got) == st["total_billed"] > 0
 
 
-def test_without_cache_the_budget_holds_per_process(server):
-    cfg = make_cfg(server.url, None, model="memory-ledger-model", budget=BudgetConfig(max_calls=40))
+def test_without_cache_the_budget_holds_per_process(engine_cfg, transport, server):
+    # (the in-memory ledger is per process and model: one model per transport)
+    cfg = engine_cfg(server.url, None, model=f"memory-ledger-{transport}", budget=BudgetConfig(max_calls=40))
     server.configure(rate=0.0)
     with OpenAIEngine(cfg) as eng:
         assert len(list(eng.generate(make_requests(30)))) == 30
@@ -184,8 +204,8 @@ def test_without_cache_the_budget_holds_per_process(server):
     assert eng.stats()["budget"]["spent_calls"] == 40  # stats still readable after close
 
 
-def test_request_larger_than_token_budget_is_not_sent(server, tmp_path):
-    cfg = make_cfg(server.url, tmp_path, budget=BudgetConfig(max_tokens=50))  # worst case ~90
+def test_request_larger_than_token_budget_is_not_sent(engine_cfg, server, tmp_path):
+    cfg = engine_cfg(server.url, tmp_path, budget=BudgetConfig(max_tokens=50))  # worst case ~90
     with OpenAIEngine(cfg) as eng:
         got, err = collect(eng.generate(make_requests(3)))
     assert isinstance(err, BudgetExceeded) and got == []
@@ -197,8 +217,8 @@ def test_request_larger_than_token_budget_is_not_sent(server, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def test_rerun_after_complete_run_makes_no_calls(server, tmp_path):
-    cfg = make_cfg(server.url, tmp_path)
+def test_rerun_after_complete_run_makes_no_calls(engine_cfg, server, tmp_path):
+    cfg = engine_cfg(server.url, tmp_path)
     reqs = make_requests(50)
     with OpenAIEngine(cfg) as eng:
         first = {r.request_id: r for r in eng.generate(reqs)}
@@ -244,7 +264,7 @@ _CHILD = textwrap.dedent(
     from llm.openai_engine import BudgetExceeded, OpenAIEngine
     from pathlib import Path
 
-    cfg = make_cfg({url!r}, Path({tmp!r}), max_in_flight=8, budget=BudgetConfig(max_calls={k}))
+    cfg = make_cfg({url!r}, Path({tmp!r}), max_in_flight=8, budget=BudgetConfig(max_calls={k}), transport={transport!r})
     with OpenAIEngine(cfg) as eng:
         try:
             for r in eng.generate(make_requests(60)):
@@ -256,11 +276,13 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_kill9_never_exceeds_budget_nor_repays(tmp_path):
+def test_kill9_never_exceeds_budget_nor_repays(transport, tmp_path):
     budget = 90  # ~60 requests need ~85 attempts at this fault rate: tight on purpose
     with FaultServer(FaultPlan(rate=0.34, max_faults=3, slow_s=1.0), latency_s=0.05) as srv:
         script = tmp_path / "child.py"
-        script.write_text(_CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget))
+        script.write_text(
+            _CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget, transport=transport)
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         printed: set[str] = set()
         for _ in range(2):  # two kills mid-run
@@ -299,11 +321,13 @@ def test_kill9_never_exceeds_budget_nor_repays(tmp_path):
         assert set(final.stdout.split()) | printed >= set(reqs)
 
 
-def test_two_processes_share_one_budget(tmp_path):
+def test_two_processes_share_one_budget(transport, tmp_path):
     budget = 50
     with FaultServer(FaultPlan(rate=0.34, max_faults=3, slow_s=1.0), latency_s=0.02) as srv:
         script = tmp_path / "child.py"
-        script.write_text(_CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget))
+        script.write_text(
+            _CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget, transport=transport)
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
         outs = [p.communicate(timeout=60)[0] for p in procs]
@@ -345,24 +369,116 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_endpoint_one_line_error(tmp_path):
+def test_unreachable_endpoint_one_line_error(engine_cfg, tmp_path):
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    cfg = make_cfg(url, tmp_path, max_retries=2)
+    cfg = engine_cfg(url, tmp_path, max_retries=2)
+    from llm.request_cache import RequestStore
+
+    seed = RequestStore(cfg.cache_path, scope=cfg.model)  # an earlier run's spending
+    assert seed.reserve([100, 20], None, None) == [True, True]
+    seed.close()
     t0 = time.monotonic()
     with OpenAIEngine(cfg) as eng:
         with pytest.raises(EngineError) as info:
             list(eng.generate(make_requests(5)))
         msg = str(info.value)
-        assert "\n" not in msg and url in msg and "gave up after 3 attempts" in msg
-        assert eng.stats()["budget"]["spent_calls"] == 0  # never reached a server: refunded
+        assert "\n" not in msg and url in msg and "gave up after 3 attempts" in msg and "connection error" in msg
+        assert eng.calls >= 3  # attempts were made ...
+        budget = eng.stats()["budget"]
+        # ... and none reached a server: every call and its tokens refunded, the ledger unchanged
+        assert (budget["spent_calls"], budget["spent_tokens"]) == (2, 120)
     assert time.monotonic() - t0 < 10
 
 
-def test_non_retryable_400_names_the_request(server, tmp_path):
+# A failed attempt keeps its call charged; its worst-case tokens come back only when the server
+# provably did no work: an error status. Dropped connections, cut or broken bodies and timeouts
+# keep them (the provider may have generated, and billed, the answer).
+_TOKENS_KEPT = {"drop": True, "truncated": True, "slow": True, "badjson": True, "500": False, "429": False}
+
+
+def test_failed_attempt_charges_by_what_the_server_may_have_done(engine_cfg, tmp_path):
+    n = 6
+    with FaultServer(FaultPlan(rate=1.0, max_faults=1, slow_s=1.0, retry_after="0.01")) as srv:
+        for kind, kept in _TOKENS_KEPT.items():
+            srv.configure(kinds=[kind])
+            srv.reset()
+            reqs = make_requests(n, prefix=f"charge-{kind}")
+            cfg = engine_cfg(srv.url, tmp_path, cache_path=str(tmp_path / f"{kind}.sqlite"))
+            with OpenAIEngine(cfg) as eng:
+                assert len(list(eng.generate(reqs))) == n
+                calls, tokens = eng.store.spent()
+            st = srv.stats()
+            assert st["faults"] == {kind: n} and st["total_received"] == 2 * n
+            assert calls == 2 * n, kind  # every attempt reached the server: every call stays charged
+            worst = sum(worst_case_tokens(r) for r in reqs)
+            assert tokens == st["billed_tokens"] + (worst if kept else 0), kind
+
+
+def test_headers_and_query_reach_the_server(engine_cfg, transport, tmp_path, monkeypatch):
+    """Authorization from api_key_env; extra_headers (a ${VAR} read from the environment) and
+    default_query, as for Azure OpenAI's api-key header and api-version parameter."""
+    monkeypatch.setenv("MATHSYNTH_TEST_KEY", "sk-test-123")
+    monkeypatch.setenv("MATHSYNTH_AZURE_KEY", "azure-secret")
+    with FaultServer() as srv:
+        cfg = engine_cfg(
+            srv.url,
+            tmp_path,
+            api_key_env="MATHSYNTH_TEST_KEY",
+            extra_headers={"api-key": "${MATHSYNTH_AZURE_KEY}", "X-Trace": "t1"},
+            default_query={"api-version": "2024-10-21"},
+        )
+        with OpenAIEngine(cfg) as eng:
+            assert len(list(eng.generate(make_requests(3)))) == 3
+        seen = srv.stats()["last_request"]
+        assert seen["headers"]["authorization"] == "Bearer sk-test-123"
+        assert seen["headers"]["api-key"] == "azure-secret" and seen["headers"]["x-trace"] == "t1"
+        assert seen["query"] == {"api-version": "2024-10-21"}
+        assert seen["path"] == "/v1/chat/completions"
+
+        monkeypatch.delenv("MATHSYNTH_TEST_KEY")
+        with OpenAIEngine(engine_cfg(srv.url, None, api_key_env="MATHSYNTH_TEST_KEY", api="completions")) as eng:
+            assert len(list(eng.generate(make_requests(2, prefix="nokey")[::2]))) == 1
+        seen = srv.stats()["last_request"]
+        assert seen["path"] == "/v1/completions" and seen["query"] == {}
+        if transport == "aiohttp":  # no key: no Authorization header (the SDK sends "Bearer EMPTY")
+            assert "authorization" not in seen["headers"]
+
+    unset = engine_cfg(srv.url, None, extra_headers={"api-key": "${MATHSYNTH_NOT_SET_ANYWHERE}"})
+    with OpenAIEngine(unset) as eng, pytest.raises(EngineError, match=r"variable MATHSYNTH_NOT_SET_ANYWHERE is not set"):
+        list(eng.generate(make_requests(1)))
+
+
+def test_aiohttp_errors_are_classified():
+    """Never reached the server (refund call and tokens) vs maybe billed (keep both), without
+    needing a DNS server or a black-holed address."""
+    import aiohttp
+
+    key = type("Key", (), {"host": "api.example.invalid", "port": 443, "ssl": True})()
+    dns = aiohttp.ClientConnectorDNSError(key, OSError(-2, "Name or service not known"))
+    refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))
+    connect_timeout = aiohttp.ConnectionTimeoutError("Connection timeout to host")
+    for exc in (dns, refused, connect_timeout):
+        assert classify_error(exc)[0] and never_reached_server(exc), exc
+    for exc in (
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientPayloadError("Response payload is not completed"),
+        asyncio.TimeoutError(),
+        aiohttp.SocketTimeoutError("read timeout"),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        ValueError("Expecting value: line 1 column 1 (char 0)"),  # a malformed JSON body
+    ):
+        assert classify_error(exc)[0] and not never_reached_server(exc), exc
+    assert "timed out" in classify_error(asyncio.TimeoutError())[1]
+    status = HTTPStatusError(429, "slow down", {"retry-after": "2"})
+    assert classify_error(status) == (True, "HTTP 429: slow down", 2.0) and never_reached_server(status)
+    assert classify_error(HTTPStatusError(401, "bad key", {}))[0] is False
+
+
+def test_non_retryable_400_names_the_request(engine_cfg, server, tmp_path):
     reqs = make_requests(20)
     bad = GenerationRequest(id="the-bad-one", sampling=SP, prompt="please __400__")
     reqs.insert(7, bad)
-    cfg = make_cfg(server.url, tmp_path)
+    cfg = engine_cfg(server.url, tmp_path)
     with OpenAIEngine(cfg) as eng:
         got, err = collect(eng.generate(reqs))
     assert isinstance(err, EngineError) and not isinstance(err, BudgetExceeded)
@@ -372,8 +488,8 @@ def test_non_retryable_400_names_the_request(server, tmp_path):
     assert "the-bad-one" not in {r.request_id for r in got}
 
 
-def test_messages_in_completions_mode_is_a_clear_error(server, tmp_path):
-    cfg = make_cfg(server.url, tmp_path, api="completions")
+def test_messages_in_completions_mode_is_a_clear_error(engine_cfg, server, tmp_path):
+    cfg = engine_cfg(server.url, tmp_path, api="completions")
     reqs = [GenerationRequest(id="m1", sampling=SP, messages=({"role": "user", "content": "hi"},))]
     with OpenAIEngine(cfg) as eng:
         with pytest.raises(EngineError, match=r"request m1: chat messages given but engine.api is 'completions'"):
@@ -386,10 +502,10 @@ def test_messages_in_completions_mode_is_a_clear_error(server, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def test_completions_api_n_samples(server, tmp_path):
+def test_completions_api_n_samples(engine_cfg, server, tmp_path):
     sp = SamplingParams(max_tokens=8, n=3, seed=11, stop=("\n",))
     reqs = [GenerationRequest(id=f"p{i}", sampling=sp, prompt=f"prompt {i}") for i in range(30)]
-    cfg = make_cfg(server.url, tmp_path, api="completions")
+    cfg = engine_cfg(server.url, tmp_path, api="completions")
     with OpenAIEngine(cfg) as eng:
         results = {r.request_id: r for r in eng.generate(reqs)}
     assert len(results) == 30
@@ -400,8 +516,8 @@ def test_completions_api_n_samples(server, tmp_path):
     assert set(server.stats()["billed"].values()) == {1}
 
 
-def test_agenerate(server, tmp_path):
-    cfg = make_cfg(server.url, tmp_path)
+def test_agenerate(engine_cfg, server, tmp_path):
+    cfg = engine_cfg(server.url, tmp_path)
     reqs = make_requests(40)
 
     async def main() -> list:
@@ -416,8 +532,8 @@ def test_agenerate(server, tmp_path):
     assert set(server.stats()["billed"].values()) == {1}
 
 
-def test_early_stop_then_reuse(server, tmp_path):
-    cfg = make_cfg(server.url, tmp_path, max_in_flight=4)
+def test_early_stop_then_reuse(engine_cfg, server, tmp_path):
+    cfg = engine_cfg(server.url, tmp_path, max_in_flight=4)
     reqs = make_requests(100)
     with OpenAIEngine(cfg) as eng:
         gen = eng.generate(iter(reqs))
@@ -429,10 +545,10 @@ def test_early_stop_then_reuse(server, tmp_path):
     assert len(first) == 5 and len(rest) == 100
 
 
-def test_retry_after_is_honoured(tmp_path):
+def test_retry_after_is_honoured(engine_cfg, tmp_path):
     plan = FaultPlan(rate=1.0, max_faults=1, kinds=("429",), retry_after="0.4")
     with FaultServer(plan) as srv:
-        cfg = make_cfg(srv.url, tmp_path, backoff_initial_s=0.001, backoff_max_s=5.0)
+        cfg = engine_cfg(srv.url, tmp_path, backoff_initial_s=0.001, backoff_max_s=5.0)
         t0 = time.monotonic()
         with OpenAIEngine(cfg) as eng:
             (res,) = list(eng.generate(make_requests(1)))
@@ -461,11 +577,11 @@ def test_worst_case_tokens_bounds_prompt_bytes():
     assert worst_case_tokens(req) >= 20 + 200
 
 
-def test_identical_requests_in_flight_are_paid_once(server, tmp_path):
+def test_identical_requests_in_flight_are_paid_once(engine_cfg, server, tmp_path):
     server.configure(rate=0.0)
     twins = [GenerationRequest(id=f"twin-{i}", sampling=SP, prompt="same question") for i in range(10)]
     others = make_requests(20)
-    cfg = make_cfg(server.url, tmp_path)
+    cfg = engine_cfg(server.url, tmp_path)
     with OpenAIEngine(cfg) as eng:
         results = {r.request_id: r for r in eng.generate(others[:10] + twins + others[10:])}
     assert sorted(results) == sorted(r.id for r in twins + others)
