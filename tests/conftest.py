@@ -50,3 +50,19 @@ def write_jsonl(path: Path, rows: list) -> Path:
         for row in rows:
             handle.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
     return path
+
+
+def kill_when_written(command: list[str], part: Path, at_least: int, env: dict, timeout_s: float = 120.0) -> int:
+    """Start ``command``, SIGKILL it once ``part`` holds ``at_least`` records (mid-run), and
+    return how many complete lines it had written."""
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (not part.exists() or part.read_text().count("\n") < at_least):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return part.read_text().count("\n") if part.exists() else 0

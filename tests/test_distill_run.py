@@ -3,15 +3,13 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import fault_server
 import pytest
-from conftest import write_jsonl
+from conftest import kill_when_written, write_jsonl
 from fault_server import FaultServer
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MATHSYNTH_LOG_LEVEL": "WARNING"}
@@ -151,15 +149,8 @@ def test_kill_minus_9_then_rerun_loses_and_repeats_nothing(tmp_path, scripted_te
     kinds = ["good"] * 40
     with FaultServer(latency_s=0.15) as server:
         config = config_file(tmp_path, corpus(tmp_path, kinds), server.url, "killed", teacher={"max_in_flight": 2})
-        process = subprocess.Popen([sys.executable, "-m", "distill", "--config", str(config)], env=ENV,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         part = tmp_path / "killed" / "part-00000-of-00001.jsonl"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not part.exists() or part.read_text().count("\n") < 8):
-            time.sleep(0.02)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        before = part.read_text().count("\n")
+        before = kill_when_written([sys.executable, "-m", "distill", "--config", str(config)], part, 8, ENV, 60)
         assert 8 <= before < 40
         rerun = distill("--config", str(config))
         assert rerun.returncode == 0, rerun.stderr[-2000:]

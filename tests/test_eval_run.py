@@ -1,13 +1,12 @@
 """`mathsynth eval run|score|grade` end to end, as a user runs them."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import kill_when_written
 from test_tool_loop import ScriptedEngine
 
 from data.shards import Shard
@@ -83,13 +82,8 @@ def test_kill_minus_9_then_rerun_gives_the_same_report(tmp_path, tiny_model):
                 "--set", "engine.batch_size=1", "--set", "sampling.max_tokens=16"]  # batch 1: greedy is exact
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(command(killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     part = killed / "part-00000-of-00001.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not part.exists() or part.read_text().count("\n") < 25):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when_written(command(killed), part, 25, ENV)
     assert 25 <= part.read_text().count("\n") < 120, "the kill must land in the middle of the run"
 
     assert subprocess.run(command(killed), env=ENV, capture_output=True).returncode == 0

@@ -1,14 +1,12 @@
 """`mathsynth generate` as a user runs it: a subprocess over a corpus, killed and rerun."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import sample_texts, write_jsonl
+from conftest import kill_when_written, sample_texts, write_jsonl
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MATHSYNTH_LOG_LEVEL": "WARNING"}
 
@@ -62,17 +60,8 @@ def test_generate_writes_traceable_records_and_a_manifest(tmp_path, tiny_model, 
 
 def test_kill_minus_9_then_rerun_gives_the_uninterrupted_ids(tmp_path, tiny_model, corpus):
     config = make_run(tmp_path, tiny_model, corpus, "killed")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "generate", "--config", str(config)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
     part = tmp_path / "killed" / "part-00000-of-00001.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not part.exists() or part.read_text().count("\n") < 60):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written_before = part.read_text().count("\n")
+    written_before = kill_when_written([sys.executable, "-m", "pipeline", "generate", "--config", str(config)], part, 60, ENV)
     assert 60 <= written_before < 320, "the kill must land in the middle of the run"
     assert not (tmp_path / "killed" / "part-00000-of-00001.done").exists()
 
