@@ -55,3 +55,13 @@ def last_boxed(text: str) -> str | None:
     """The content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed x``, or None."""
     boxes = find_boxes(text)
     return boxes[-1][2] if boxes else None
+
+
+# A fenced Python block, as tool-variant solutions and tool-integrated completions write them.
+CODE_BLOCK = re.compile(r"```python[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def last_code_block(text: str) -> str | None:
+    """The code of the last ```python block, or None."""
+    blocks = CODE_BLOCK.findall(text)
+    return blocks[-1] if blocks else None

@@ -23,8 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from data.text import last_boxed
-from eval.tool_loop import last_code_block
+from data.text import last_boxed, last_code_block
 
 ParseFailure = Literal["empty", "no_problem", "no_solution"]
 

@@ -202,13 +202,9 @@ def run_nl(items, engine: Engine, writer: ShardWriter, grading: Grading, advance
 
 def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading, config: EvalConfig, advance) -> dict[str, Any]:
     """tool: execute-and-continue up to max_rounds; pot: one program, its printed result is the answer."""
+    from data.text import last_code_block
     from eval.sandbox import Sandbox, SandboxConfig
-    from eval.tool_loop import (
-        Trajectory,
-        execution_record,
-        last_code_block,
-        solve_with_tools,
-    )
+    from eval.tool_loop import Trajectory, execution_record, solve_with_tools
 
     records: dict[str, tuple[BenchmarkRecord, WorkItem, int]] = {}
     trajectories: list[Trajectory] = []

@@ -6,15 +6,14 @@ and the sandbox runs a wave's snippets concurrently, instead of one problem at a
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
+from data.text import CODE_BLOCK
 from llm.engine import Engine
 from llm.types import GenerationRequest, SamplingParams, Usage
 
 OUTPUT_MARKER = "```output"
-CODE_BLOCK = re.compile(r"```python[ \t]*\n(.*?)```", re.DOTALL)
 
 
 class CodeRunner(Protocol):
@@ -44,11 +43,6 @@ def trailing_code(completion: str) -> str | None:
         return None
     last = blocks[-1]
     return last.group(1) if not completion[last.end():].strip() else None
-
-
-def last_code_block(text: str) -> str | None:
-    blocks = CODE_BLOCK.findall(text)
-    return blocks[-1] if blocks else None
 
 
 def format_output(result: Any, limit: int = 2000) -> str:
