@@ -68,6 +68,17 @@ class Estimate(BaseModel):
     tokens_per_word: float = Field(1.6, gt=0, description="for the expected answer length (LaTeX-heavy text)")
 
 
+class SelfConsistency(BaseModel):
+    """Optional check of each accepted problem: the teacher solves it ``k`` more times and the
+    problem is kept only when a majority of those answers equal its own (eval's grader decides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(0, ge=0, description="0 turns the check off")
+    prompt: str = Field("Solve the following problem step by step, and put the final answer in \\boxed{}.\n\n{problem}",
+                        description="{problem} is replaced by the problem text")
+
+
 class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,6 +95,7 @@ class DistillConfig(BaseModel):
     sampling: TeacherSampling = Field(default_factory=TeacherSampling)
     validation: dict[str, Any] = Field(default_factory=dict, description="distill.validation.ValidationConfig keys")
     sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
+    self_consistency: SelfConsistency = Field(default_factory=SelfConsistency)
     pricing: Pricing = Field(default_factory=Pricing)
     estimate: Estimate = Field(default_factory=Estimate)
     output: str = Field(..., min_length=1)
@@ -153,14 +165,18 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
         manifest = output.refresh_manifest()
     else:
         accepted = output.open_shard(shard)
-        rejected = ShardWriter(output.folder / f"rejects-{part_stem(shard)[len('part-'):]}.jsonl")
+        suffix = part_stem(shard)[len("part-"):]
+        rejected = ShardWriter(output.folder / f"rejects-{suffix}.jsonl")
+        # With self-consistency, what passes validation is only a candidate until the check.
+        checking = config.self_consistency.k > 0
+        candidates = ShardWriter(output.folder / f"candidates-{suffix}.jsonl") if checking else accepted
         corpus_stats = CorpusStats()
         owns_engine = engine is None
         engine = make_engine(config.teacher) if owns_engine else engine
         needs_sandbox = config.variants.get("tool", 0) > 0 and ValidationConfig(**config.validation).check_code
         sandbox = Sandbox(SandboxConfig(**config.sandbox)) if needs_sandbox else None
         validator = Validator(ValidationConfig(**config.validation), sandbox=sandbox)
-        for problem in accepted_problems(output.part_path(shard)):
+        for problem in accepted_problems(candidates.path):
             validator.remember(problem)  # near-duplicates of what an earlier run accepted
 
         def to_records(item: WorkItem, result: GenerationResult, model_name: str):
@@ -184,8 +200,11 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
         try:
             with progress_bar(f"distill {shard}", unit="text") as advance:
                 stats = run_generation(build_items(read_corpus(config.input, shard, corpus_stats), library, config),
-                                       engine, AcceptedOrRejected(accepted, rejected), to_records=to_records,
+                                       engine, AcceptedOrRejected(candidates, rejected), to_records=to_records,
                                        progress=advance)
+            if checking:
+                candidates.close(sync=True)
+                self_consistency_pass(candidates.path, accepted, rejected, engine, config)
             engine_stats = getattr(engine, "stats", lambda: {})()
         finally:
             if sandbox is not None:
@@ -210,6 +229,51 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
     if manifest["complete"]:
         manifest = _finish_run(output, config)
     return manifest
+
+
+def self_consistency_pass(candidates: Path, accepted: ShardWriter, rejected: ShardWriter, engine: Engine,
+                          config: DistillConfig) -> None:
+    """Each candidate not yet decided: k fresh teacher solutions in one call (n=k); kept when
+    more than half of their answers equal the candidate's, else rejected as ``inconsistent``.
+    Resumable like the first pass: a decided candidate is in the accepted or rejects file."""
+    from eval.extraction import extract_answer
+    from eval.grading import Grader
+
+    check = config.self_consistency
+    pending = {}
+    with open(candidates, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record["id"] not in accepted and record["id"] not in rejected:
+                pending[record["id"]] = record
+
+    def requests() -> Iterator[GenerationRequest]:
+        for record_id, record in pending.items():
+            prompt = check.prompt.replace("{problem}", record["problem"])
+            sampling = config.sampling.model_copy(update={"n": check.k, "seed": derive_seed(config.sampling.seed, f"{record_id}#sc")})
+            yield (GenerationRequest(id=record_id, sampling=sampling, messages=({"role": "user", "content": prompt},))
+                   if config.format == "chat" else GenerationRequest(id=record_id, sampling=sampling, prompt=prompt))
+
+    grader = Grader()
+    try:
+        for result in engine.generate(requests()):
+            record = pending.pop(result.request_id)
+            answers = [extract_answer(c.text, "expression") for c in result.completions]
+            verdicts = grader.grade_many([(record["final_answer"], a, "expression") for a in answers if a is not None])
+            agree = sum(bool(v.equal) for v in verdicts)
+            kept = 2 * agree > check.k
+            usage = record.get("usage") or {}
+            record = {
+                **record,
+                "accepted": kept,
+                "reject_reason": None if kept else "inconsistent",
+                "self_consistency": {"k": check.k, "agree": agree, "answers": answers},
+                "usage": {"prompt_tokens": usage.get("prompt_tokens", 0) + result.usage.prompt_tokens,
+                          "completion_tokens": usage.get("completion_tokens", 0) + result.usage.completion_tokens},
+            }
+            (accepted if kept else rejected).write(record)
+    finally:
+        grader.close()
 
 
 def _finish_run(output: StageOutput, config: DistillConfig) -> dict[str, Any]:

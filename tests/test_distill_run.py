@@ -42,6 +42,7 @@ def teacher_answer(kind: str, index: int, source: str) -> str:
         "mismatch": good.replace(f"// {index + 2})", f"// {index + 2} + 1)"),
         "nocode": good.replace(code, "We compute the quotient directly without any program at all here."),
         "crash": good.replace(code, "```python\nprint(1 // 0)\n```"),
+        "shaky": good.replace("into boxes.", "into boxes (shaky)."),
     }[kind]
 
 
@@ -55,6 +56,11 @@ def scripted_teacher(monkeypatch):
 
     def completion(body, prompt):
         payload = original(body, prompt)
+        if prompt.startswith("Solve the following problem"):  # a self-consistency solve
+            answer = 4 if "(shaky)" in prompt else 3
+            for choice in payload["choices"]:
+                choice.setdefault("message", {})["content"] = f"{SOLUTION} Hence $\\boxed{{{answer}}}$."
+            return payload
         match = re.search(r"KIND:(\w+):(\d+)", prompt)
         source = prompt.split("Math content:\n", 1)[1].split("\n\nGuidelines", 1)[0] if match else ""
         for choice in payload["choices"]:
@@ -196,3 +202,21 @@ def test_vllm_server_as_the_teacher_rejects_nonsense_and_keeps_nothing_invalid(t
     assert sum(manifest["counts"]["rejected_by_reason"].values()) == 12
     assert all(r["reject_reason"] and r["completion"] is not None for r in rejected)
     assert manifest["complete"] and (out / "sft_raw.jsonl").read_text() == ""
+
+
+def test_self_consistency_keeps_only_problems_the_teacher_solves_the_same_way_again(tmp_path, scripted_teacher):
+    kinds = ["good"] * 4 + ["shaky", "nobox"]
+    with FaultServer() as server:
+        config = config_file(tmp_path, corpus(tmp_path, kinds), server.url, "sc", self_consistency={"k": 3})
+        result = distill("--config", str(config))
+        assert result.returncode == 0, result.stderr[-3000:]
+        again = distill("--config", str(config))  # complete: a no-op, no call
+        assert again.returncode == 0 and sum(server.stats()["billed"].values()) == len(kinds) + 5
+    out = tmp_path / "sc"
+    accepted, rejected = rows(out / "part-00000-of-00001.jsonl"), rows(out / "rejects-00000-of-00001.jsonl")
+    assert len(accepted) == 4 and all(r["self_consistency"]["agree"] == 3 for r in accepted)
+    assert sorted(r["reject_reason"] for r in rejected) == ["inconsistent", "no_boxed_answer"]
+    shaky = next(r for r in rejected if r["reject_reason"] == "inconsistent")
+    assert shaky["self_consistency"]["answers"] == ["4", "4", "4"] and shaky["final_answer"] == "3"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["rejected_by_reason"] == {"inconsistent": 1, "no_boxed_answer": 1}
