@@ -120,8 +120,7 @@ def build_items(docs: Iterable[Document], library: PromptLibrary, config: Distil
             key = content_id(doc.id, start, end, prompt_id)
             prompt = library.render(stage, variant, doc.text[start:end])
             sampling = config.sampling.model_copy(update={"seed": derive_seed(config.sampling.seed, key)})
-            request = (GenerationRequest(id=key, sampling=sampling, messages=({"role": "user", "content": prompt},))
-                       if config.format == "chat" else GenerationRequest(id=key, sampling=sampling, prompt=prompt))
+            request = GenerationRequest.single_turn(key, sampling, prompt, chat=config.format == "chat")
             yield WorkItem(request=request, provenance={
                 "source_id": doc.id, "window": [start, end], "stage": stage, "variant": variant,
                 "prompt_id": prompt_id, "prompt": prompt, "source_text": doc.text[start:end],
@@ -205,7 +204,7 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
             if checking:
                 candidates.close(sync=True)
                 self_consistency_pass(candidates.path, accepted, rejected, engine, config)
-            engine_stats = getattr(engine, "stats", lambda: {})()
+            engine_usage = engine.run_usage()
         finally:
             if sandbox is not None:
                 sandbox.close()
@@ -219,8 +218,7 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
                 reasons[reason] = reasons.get(reason, 0) + 1
         # Every teacher answer cost tokens, kept or not.
         tokens = {k: accepted.usage.get(k, 0) + rejected.usage.get(k, 0) for k in set(accepted.usage) | set(rejected.usage)}
-        usage = {**tokens, "engine_calls_this_run": engine.calls,
-                 **{f"engine_{k}": v for k, v in engine_stats.items() if isinstance(v, (int, float))}}
+        usage = {**tokens, **engine_usage}
         manifest = output.finish_shard(shard, accepted, {
             "texts": stats.items_total, "generated": stats.items_generated, "resumed_done": stats.items_skipped_done,
             "rejected": len(rejected), "rejected_by_reason": reasons, "corpus_skipped": dict(corpus_stats.skipped),
@@ -251,8 +249,7 @@ def self_consistency_pass(candidates: Path, accepted: ShardWriter, rejected: Sha
         for record_id, record in pending.items():
             prompt = check.prompt.replace("{problem}", record["problem"])
             sampling = config.sampling.model_copy(update={"n": check.k, "seed": derive_seed(config.sampling.seed, f"{record_id}#sc")})
-            yield (GenerationRequest(id=record_id, sampling=sampling, messages=({"role": "user", "content": prompt},))
-                   if config.format == "chat" else GenerationRequest(id=record_id, sampling=sampling, prompt=prompt))
+            yield GenerationRequest.single_turn(record_id, sampling, prompt, chat=config.format == "chat")
 
     grader = Grader()
     try:

@@ -278,7 +278,7 @@ def run_eval(config: EvalConfig, shard: Shard, *, engine: Engine | None = None) 
                     stats = run_nl(items, engine, writer, grading, advance)
                 else:
                     stats = run_with_tools(items, engine, writer, grading, config, advance)
-            stats["usage"] = {"engine_calls_this_run": engine.calls}
+            stats["usage"] = engine.run_usage()
         finally:
             grading.close()
             if owns_engine:

@@ -34,6 +34,14 @@ class Engine(ABC):
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[GenerationResult]:
         """Yield one result per request, as each finishes."""
 
+    def run_usage(self) -> dict[str, float]:
+        """What this engine did in this run, for a manifest: the calls it made and the numeric
+        counters it keeps (cache hits, retries, ...), prefixed ``engine_``. Read before close()."""
+        stats = getattr(self, "stats", None)
+        counters = stats() if callable(stats) else {}
+        return {"engine_calls_this_run": self.calls,
+                **{f"engine_{k}": v for k, v in counters.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
     def close(self) -> None:
         """Release the model or connections. Safe to call twice."""
 

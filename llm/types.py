@@ -43,6 +43,13 @@ class GenerationRequest:
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
 
+    @classmethod
+    def single_turn(cls, id: str, sampling: SamplingParams, text: str, *, chat: bool) -> "GenerationRequest":
+        """``text`` as one user message (chat) or as the raw prompt."""
+        if chat:
+            return cls(id=id, sampling=sampling, messages=({"role": "user", "content": text},))
+        return cls(id=id, sampling=sampling, prompt=text)
+
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError(f"request {self.id}: give exactly one of prompt or messages")

@@ -139,7 +139,7 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
             stats = run_generation(
                 build_items(docs, renderer, config.sampling, config.keep_prompt), engine, writer, progress=advance
             )
-        engine_usage = {"engine_calls_this_run": engine.calls, **_engine_stats(engine)}
+        engine_usage = engine.run_usage()
     finally:
         if owns_engine:
             engine.close()
@@ -162,8 +162,3 @@ def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | Non
     if corpus_stats.skipped:
         log.warning("shard %s: %s", shard, corpus_stats.summary())
     return output.finish_shard(shard, writer, shard_stats)
-
-
-def _engine_stats(engine) -> dict:
-    stats = getattr(engine, "stats", None)
-    return {f"engine_{k}": v for k, v in stats().items() if isinstance(v, (int, float))} if stats else {}
