@@ -17,7 +17,6 @@ DEMO_EVAL_CONFIG = REPO_ROOT / "configs" / "demo-eval.yaml"
 
 # Stages that later work adds; until then the command says so instead of half-working.
 NOT_BUILT = {
-    "influence": "gradient-influence selection",
     "synth": "synthesizer training and mass generation",
     "pretrain": "continued pre-training",
 }
@@ -60,9 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(distill)
     distill.add_argument("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
 
+    _add_influence_parser(commands)
+
     for stage in NOT_BUILT:
         commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
     return parser
+
+
+def _add_influence_parser(commands) -> None:
+    influence = commands.add_parser("influence", help="gradient-influence selection of corpus texts worth distilling")
+    verbs = influence.add_subparsers(dest="verb", required=True)
+    warmup = verbs.add_parser("warmup", help="LoRA warm-up on a random share of the pool; per-epoch checkpoints")
+    _add_run_args(warmup)
+    featurize = verbs.add_parser("featurize", help="target and candidate gradient features (sharded, resumable)")
+    _add_run_args(featurize)
+    featurize.add_argument("--side", choices=("both", "targets", "candidates"), default="both",
+                           help="targets are computed once, by whichever shard gets there first")
+    select = verbs.add_parser("select", help="score, merge the shards, dedup, select; --shard only scores")
+    _add_run_args(select)
 
 
 def _add_eval_parser(commands) -> None:
@@ -170,6 +184,37 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_influence(args: argparse.Namespace) -> int:
+    import json
+
+    from data.shards import resolve_shard
+    from influence.config import InfluenceConfig
+    from pipeline.config import load_config
+
+    config = load_config(InfluenceConfig, args.config, args.overrides)
+    if args.verb == "warmup":
+        from influence.warmup import run_warmup
+
+        manifest = run_warmup(config)
+        print(f"{config.warmup.output}: {json.dumps(manifest.get('warmup', {}))}")
+        return 0
+    shard = resolve_shard(args.shard)
+    if args.verb == "featurize":
+        from influence.featurize import run_featurize
+
+        print(json.dumps(run_featurize(config, shard, args.side), indent=2))
+        return 0
+    from influence.select import run_select, score_shard
+
+    if shard.count > 1:
+        print(json.dumps(score_shard(config, shard), indent=2))
+        return 0
+    manifest = run_select(config)
+    print(f"{config.select.output}: {json.dumps(manifest.get('selection', {}))} (report: "
+          f"{config.select.output}/report.md)")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from data.shards import resolve_shard
     from pipeline.config import load_config
@@ -241,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(chatty).setLevel(logging.WARNING)  # one line per HTTP call buries the run's own log
     handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo, "eval": cmd_eval,
-                "distill": cmd_distill}
+                "distill": cmd_distill, "influence": cmd_influence}
     try:
         return handlers[args.command](args)
     except Exception as err:

@@ -1,0 +1,159 @@
+"""Where features live, and the hash that keeps incomparable features apart.
+
+    <featurize.output>/
+      targets/space.json                  per checkpoint: the feature-space hash and what it hashes
+      targets/<name>/epoch-<e>.npy        (n, dim) float32, L2-normalised SGD gradients
+      targets/<name>/ids.json
+      candidates/space.json
+      candidates/layout.json              chunk_size: chunk j holds corpus rows [j*size, (j+1)*size)
+      candidates/chunk-<j>/rows.jsonl     id, text, location, meta, tokens of each row
+      candidates/chunk-<j>/epoch-<e>.npy  (n, dim) L2-normalised Adam directions
+      candidates/total.json               the corpus's row and chunk count, once a shard saw its end
+
+A chunk folder is written under a temporary name and renamed into place, so after a kill it
+is either whole or absent; a rerun redoes only the absent ones.
+
+Two features can be compared only when model, checkpoint, LoRA shape, projection (kind, size,
+seed, nnz), parameter order, compute dtype and token budget are the same. All of those are
+hashed into ``space.json`` on each side; featurize refuses to add to a folder of another space
+and select refuses to score across spaces, naming what differs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from data.errors import UserError
+from data.records import content_id
+from data.storage import atomic_write_json, read_json
+
+_EDGE_BYTES = 1 << 20
+
+
+class FeatureSpaceError(UserError, ValueError):
+    pass
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """The model's config, tokenizer and weight files (name, size, first and last MiB): cheap
+    enough for a 14 GB checkpoint on every worker, and any re-save or retrain changes it."""
+    folder = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin"):
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                head = handle.read(_EDGE_BYTES)
+                handle.seek(max(size - _EDGE_BYTES, 0))
+                tail = handle.read(_EDGE_BYTES)
+            digest.update(f"{path.name}:{size}".encode() + head + tail)
+    return digest.hexdigest()[:16]
+
+
+def describe_space(*, model: str, checkpoint: str, lora: dict, projection: dict, order: list, dtype: str,
+                   max_length: int) -> dict[str, Any]:
+    return {"model": model, "checkpoint": checkpoint, "lora": lora, "projection": projection,
+            "parameter_order": content_id(order), "dtype": dtype, "max_length": max_length}
+
+
+def space_hash(description: dict[str, Any]) -> str:
+    return content_id(description)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+class SpaceFile:
+    """``space.json`` of one side: {epoch: {"hash", "description"}}."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "space.json"
+
+    def read(self) -> dict[str, dict[str, Any]] | None:
+        return read_json(self.path) if self.path.exists() else None
+
+    def claim(self, spaces: dict[int, dict[str, Any]]) -> None:
+        """Record this side's space, or check that the folder already holds the same one."""
+        wanted = {str(e): {"hash": space_hash(d), "description": d} for e, d in spaces.items()}
+        held = self.read()
+        if held is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, wanted)
+            return
+        check_same_space(held, wanted, f"{self.path.parent} holds features of another feature space",
+                         "use a new featurize.output or remove it")
+
+
+def check_same_space(held: dict, wanted: dict, problem: str, advice: str) -> None:
+    if set(held) != set(wanted):
+        raise FeatureSpaceError(f"{problem}: checkpoints {sorted(held, key=int)} vs {sorted(wanted, key=int)}; {advice}")
+    for epoch in held:
+        if held[epoch]["hash"] != wanted[epoch]["hash"]:
+            changed = differences(held[epoch]["description"], wanted[epoch]["description"])
+            raise FeatureSpaceError(f"{problem} (epoch {epoch}: {', '.join(changed)} differ; hash "
+                                    f"{held[epoch]['hash']} vs {wanted[epoch]['hash']}); {advice}")
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array)
+    tmp.replace(path)
+
+
+class CandidateChunks:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def chunk_dir(self, index: int) -> Path:
+        return self.folder / f"chunk-{index:06d}"
+
+    def is_done(self, index: int) -> bool:
+        return self.chunk_dir(index).is_dir()
+
+    def claim_layout(self, chunk_size: int) -> None:
+        path = self.folder / "layout.json"
+        if path.exists():
+            held = read_json(path)["chunk_size"]
+            if held != chunk_size:
+                raise FeatureSpaceError(f"{self.folder}: chunks hold {held} rows each; featurize.chunk_size is "
+                                        f"{chunk_size} (use {held} or a new featurize.output)")
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"chunk_size": chunk_size})
+
+    def write(self, index: int, rows: list[dict[str, Any]], features: dict[int, np.ndarray]) -> None:
+        final = self.chunk_dir(index)
+        tmp = self.folder / f".chunk-{index:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with open(tmp / "rows.jsonl", "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for epoch, array in features.items():
+            with open(tmp / f"epoch-{epoch}.npy", "wb") as handle:
+                np.save(handle, array)
+        tmp.rename(final)
+
+    def record_total(self, rows: int, chunk_size: int) -> None:
+        atomic_write_json(self.folder / "total.json", {"rows": rows, "chunks": -(-rows // chunk_size)})
+
+    def total(self) -> dict[str, int] | None:
+        path = self.folder / "total.json"
+        return read_json(path) if path.exists() else None
+
+    def rows(self, index: int) -> Iterator[dict[str, Any]]:
+        with open(self.chunk_dir(index) / "rows.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+    def features(self, index: int, epoch: int) -> np.ndarray:
+        return np.load(self.chunk_dir(index) / f"epoch-{epoch}.npy", mmap_mode="r")

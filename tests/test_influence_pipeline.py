@@ -1,0 +1,221 @@
+"""warmup -> featurize -> select on the tiny model: planted relevance, resume after kill -9,
+shards, feature-space hashes, and the selection as distill's corpus."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT, sample_texts, write_jsonl
+
+from data.corpus import CorpusInput, read_corpus
+from data.shards import Shard
+from influence.config import InfluenceConfig
+from influence.featurize import run_featurize
+from influence.select import run_select, score_shard
+from influence.warmup import run_warmup
+from pipeline.cli import main
+
+NAMES = ["Tom", "Ana", "Liu", "Sara", "Omar", "Mia", "Ben", "Zoe"]
+ITEMS = ["apples", "pencils", "marbles", "books", "cookies", "stickers", "coins", "cards"]
+
+
+def word_problem(rng: random.Random) -> tuple[str, str]:
+    a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(2, 9)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    question = f"{name} has {a} {item}. {name} buys {b} more {item} and then gives away {c}. How many {item} does {name} have now?"
+    solution = (f"{name} starts with {a} {item}. After buying {b}, {name} has {a} + {b} = {a + b}. After giving "
+                f"away {c}, {name} has {a + b} - {c} = {a + b - c}. The answer is \\boxed{{{a + b - c}}}.")
+    return question, solution
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    """A pool of 200 texts, half arithmetic word problems and half Stack Exchange threads, and a
+    target set of 40 other word problems."""
+    folder = tmp_path_factory.mktemp("planted")
+    rng = random.Random(0)
+    threads = sample_texts(400)
+    rows = []
+    for i in range(200):
+        if i % 2 == 0:
+            question, solution = word_problem(rng)
+            rows.append({"id": f"wp{i}", "text": f"{question}\n{solution}", "source": "word_problems"})
+        else:
+            rows.append({"id": f"se{i}", "text": threads[i], "source": "stackexchange"})
+    write_jsonl(folder / "pool.jsonl", rows)
+    targets = [dict(zip(("question", "solution"), word_problem(rng))) for _ in range(40)]
+    write_jsonl(folder / "targets.jsonl", targets)
+    return folder
+
+
+def make_config(tiny_model: Path, data: Path, out: Path, **changes) -> dict:
+    config = {
+        "model": str(tiny_model), "max_length": 128,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        "candidates": {"paths": [str(data / "pool.jsonl")]},
+        "targets": [{"name": "word_problems", "path": str(data / "targets.jsonl")}],
+        "warmup": {"output": str(data / "warmup"), "fraction": 0.25, "epochs": 2, "learning_rate": 1e-3,
+                   "batch_size": 8},
+        "featurize": {"output": str(out / "features"), "chunk_size": 16, "batch_size": 8,
+                      "projection": {"dim": 4096}},
+        "select": {"output": str(out / "selection"), "top_fraction": 0.1, "dedup": {"threshold": None}},
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def warmed(tiny_model, planted) -> Path:
+    """The warm-up is shared: every test below scores at the same two checkpoints."""
+    run_warmup(InfluenceConfig.model_validate(make_config(tiny_model, planted, planted / "unused")))
+    return planted
+
+
+def selection(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "part-00000-of-00001.jsonl").read_text().splitlines()]
+
+
+def test_planted_relevance_top_tenth_is_mostly_the_target_kind(tiny_model, warmed, tmp_path):
+    config = InfluenceConfig.model_validate(make_config(tiny_model, warmed, tmp_path))
+    run_featurize(config, Shard(0, 1))
+    manifest = run_select(config)
+    assert manifest["complete"]
+    chosen = selection(tmp_path / "selection")
+    assert len(chosen) == 20  # 10% of 200
+    share = sum(row["source"] == "word_problems" for row in chosen) / len(chosen)
+    assert share >= 0.8, share
+    assert [row["influence"]["rank"] for row in chosen] == list(range(1, 21))
+    scores = [row["influence"]["score"] for row in chosen]
+    assert scores == sorted(scores, reverse=True)
+    report = json.loads((tmp_path / "selection" / "report.json").read_text())
+    assert {s["source"] for s in report["sources"]} == {"word_problems", "stackexchange"}
+    assert report["length"]["spearman_score_vs_length"] is not None
+
+    # The selection is a corpus distill reads as it is.
+    docs = list(read_corpus(CorpusInput(paths=[str(tmp_path / "selection")]), Shard(0, 1)))
+    assert [d.id for d in docs] == [row["id"] for row in chosen]
+    assert docs[0].text == chosen[0]["text"]
+
+
+def test_near_duplicate_texts_are_removed_inside_the_selection(tiny_model, warmed, tmp_path):
+    rows = [json.loads(line) for line in (warmed / "pool.jsonl").read_text().splitlines()]
+    copies = [{**row, "id": row["id"] + "-copy"} for row in rows if row["source"] == "word_problems"][:10]
+    write_jsonl(tmp_path / "pool.jsonl", rows + copies)
+    config = make_config(tiny_model, warmed, tmp_path, select__dedup={"threshold": 0.999}, select__top_k=40,
+                         select__top_fraction=None)
+    config["candidates"]["paths"] = [str(tmp_path / "pool.jsonl")]
+    config = InfluenceConfig.model_validate(config)
+    run_featurize(config, Shard(0, 1))
+    run_select(config)
+    chosen = {row["id"] for row in selection(tmp_path / "selection")}
+    assert len(chosen) == 40
+    for copy in copies:  # never a text and its copy together
+        assert not ({copy["id"], copy["id"][: -len("-copy")]} <= chosen)
+    report = json.loads((tmp_path / "selection" / "report.json").read_text())
+    assert report["dropped_near_duplicates"] >= sum(c["id"][: -len("-copy")] in chosen or c["id"] in chosen
+                                                    for c in copies)
+
+
+def test_two_shards_give_the_same_selection_as_one(tiny_model, warmed, tmp_path):
+    one = InfluenceConfig.model_validate(make_config(tiny_model, warmed, tmp_path / "one"))
+    run_featurize(one, Shard(0, 1))
+    run_select(one)
+    two = InfluenceConfig.model_validate(make_config(tiny_model, warmed, tmp_path / "two"))
+    for index in range(2):
+        run_featurize(two, Shard(index, 2))
+        score_shard(two, Shard(index, 2))
+    run_select(two)
+    first, second = selection(tmp_path / "one" / "selection"), selection(tmp_path / "two" / "selection")
+    assert [r["id"] for r in first] == [r["id"] for r in second]
+    np.testing.assert_allclose([r["influence"]["score"] for r in first], [r["influence"]["score"] for r in second],
+                               rtol=0, atol=1e-6)
+
+
+def test_select_waits_for_every_featurize_shard(tiny_model, warmed, tmp_path, capsys):
+    config = make_config(tiny_model, warmed, tmp_path)
+    run_featurize(InfluenceConfig.model_validate(config), Shard(1, 3))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["influence", "select", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "chunks [0, 2, 3, 5, 6" in err[0] and "not featurized" in err[0]
+
+
+def test_kill_during_featurize_then_rerun_gives_the_same_scores(tiny_model, warmed, tmp_path):
+    reference = InfluenceConfig.model_validate(make_config(tiny_model, warmed, tmp_path / "reference"))
+    run_featurize(reference, Shard(0, 1))
+    run_select(reference)
+
+    config = make_config(tiny_model, warmed, tmp_path / "killed", featurize__batch_size=2)
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    chunks = tmp_path / "killed" / "features" / "candidates"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "influence", "featurize", "--config", str(path)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(chunks.glob("chunk-*"))) < 3:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(list(chunks.glob("chunk-*")))
+    assert 3 <= written < 13, written  # killed mid-run: 13 chunks of 16 make up the 200 rows
+
+    rerun = subprocess.run([sys.executable, "-m", "influence", "featurize", "--config", str(path)], env=env,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["candidates"]["chunks_already_done"] == written
+    assert summary["candidates"]["chunks_written"] == 13 - written
+    run_select(InfluenceConfig.model_validate(config))
+    first, second = selection(tmp_path / "reference" / "selection"), selection(tmp_path / "killed" / "selection")
+    assert [r["id"] for r in first] == [r["id"] for r in second]
+    np.testing.assert_allclose([r["influence"]["score"] for r in first], [r["influence"]["score"] for r in second],
+                               rtol=0, atol=1e-6)
+
+
+def test_features_of_another_space_are_refused(tiny_model, warmed, tmp_path, capsys):
+    config = make_config(tiny_model, warmed, tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["influence", "featurize", "--config", str(path)]) == 0
+    capsys.readouterr()
+
+    # The same folder, another projection seed: refused before anything is written.
+    assert main(["influence", "featurize", "--config", str(path), "--set", "featurize.projection.seed=7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another feature space" in err[0] and "projection differ" in err[0], err
+
+    # Targets featurized elsewhere with another seed cannot be scored against these candidates.
+    other = make_config(tiny_model, warmed, tmp_path / "other")
+    other["featurize"]["projection"]["seed"] = 7
+    run_featurize(InfluenceConfig.model_validate(other), Shard(0, 1), side="targets")
+    assert main(["influence", "select", "--config", str(path),
+                 "--set", f"select.target_features={tmp_path / 'other' / 'features'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different feature spaces" in err[0] and "projection" in err[0], err
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "candidates": {"paths": ["x.jsonl"]}, "warmup": {"output": "w"},
+                                    "featurize": {"output": "f", "projection": {"kind": "dense"}},
+                                    "select": {"output": "s", "top_k": 5}}))
+    assert main(["influence", "featurize", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "featurize.projection.kind" in err[0], err
+    assert not (tmp_path / "f").exists()
