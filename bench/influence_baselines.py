@@ -74,12 +74,15 @@ def build_model(
     target_modules=LESS_TARGET_MODULES,
     seed: int = 0,
     out_dir: str | Path | None = None,
+    attn_implementation: str | None = None,
 ):
     """A random-init Qwen2 (``MODEL_SIZES[size]``) with LoRA adapters; returns (model, tokenizer).
 
     Defaults are LESS's LoRA settings (r=128, alpha=512, q/k/v/o, dropout 0). The adapters are
     initialised with random A *and* B (``init_lora_weights=False``): peft's default B=0 makes
     every lora_A gradient exactly zero, which a warmed-up adapter (what LESS featurizes) is not.
+    ``attn_implementation`` None keeps transformers' default (sdpa); under ``vmap`` (TRAK) sdpa's
+    CPU kernel has no batching rule and falls back to a per-example loop, "eager" has none.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,7 +93,9 @@ def build_model(
     if not (out_dir / "config.json").exists():
         build_tiny_model(out_dir, texts=default_training_texts(), seed=seed, **MODEL_SIZES[size])
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
-    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        out_dir, dtype=torch.float32, attn_implementation=attn_implementation
+    )
     torch.manual_seed(seed)
     config = LoraConfig(
         r=r,
@@ -556,7 +561,8 @@ def _worker(spec: dict) -> dict:
         __import__(spec["import_module"])  # may call register_method
     fn = METHODS[spec["method"]]
     model, tokenizer = build_model(
-        spec["size"], r=spec["r"], alpha=spec["alpha"], seed=spec["seed"], out_dir=spec.get("model_dir")
+        spec["size"], r=spec["r"], alpha=spec["alpha"], seed=spec["seed"],
+        out_dir=spec.get("model_dir"), attn_implementation=spec.get("attn_implementation"),
     )
     texts = load_texts(spec["n"], offset=spec.get("offset", 0))
     batches = make_batches(tokenizer, texts, batch_size=spec["batch_size"], max_length=spec["max_length"])
@@ -570,7 +576,7 @@ def _worker(spec: dict) -> dict:
     rss_before = _rss_now()
     features, seconds, peak = fn(model, batches, spec["proj_dim"], info=info, **kwargs)
     result = dict(
-        method=spec["method"], size=spec["size"], n=len(features), seconds=seconds,
+        load_before=os.getloadavg()[0], method=spec["method"], size=spec["size"], n=len(features), seconds=seconds,
         examples_per_s=len(features) / seconds, peak_rss_delta=peak, rss_before=rss_before,
         peak_rss_total=_maxrss(), feature_dim=int(features.shape[1]), threads=spec["threads"],
         info=info,
@@ -594,6 +600,7 @@ def run_isolated(
     threads: int = 2,
     warmup: bool = True,
     model_dir: str | None = None,
+    attn_implementation: str | None = None,
     features_out: str | None = None,
     method_kwargs: dict | None = None,
     import_module: str | None = None,
@@ -611,7 +618,7 @@ def run_isolated(
     spec = dict(
         method=method_name, size=size, n=n, batch_size=batch_size, max_length=max_length,
         proj_dim=proj_dim, r=r, alpha=alpha, seed=seed, threads=threads, warmup=warmup,
-        model_dir=model_dir, features_out=features_out, method_kwargs=method_kwargs,
+        model_dir=model_dir, attn_implementation=attn_implementation, features_out=features_out, method_kwargs=method_kwargs,
         import_module=import_module,
     )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
@@ -644,28 +651,32 @@ def _check(args) -> None:
         run_isolated("exact", features_out=str(exact), **common)
         print(f"\n== {size}: {args.n} examples, {args.max_length} tokens, proj_dim {args.proj_dim}, "
               f"{args.threads} threads")
-        print(f"{'method':<26}{'ex/s':>9}{'seconds':>9}{'peak MB':>9}{'dim':>7}{'pearson':>9}{'top10':>7}")
-        for method, kwargs in [
-            ("forward_backward_limit", None),
-            ("less_loop", None),
-            ("trak", None),
-            ("bergson", {"mode": "global"}),
-            ("bergson", {"mode": "per_module"}),
+        print(f"{'method':<24}{'ex/s':>9}{'seconds':>9}{'peak MB':>9}{'dim':>7}{'pearson':>9}"
+              f"{'top10':>7}{'load':>6}")
+        for label, method, kwargs, extra in [
+            ("forward_backward_limit", "forward_backward_limit", None, {}),
+            ("less_loop", "less_loop", None, {}),
+            ("trak", "trak", None, {}),
+            ("trak[eager attention]", "trak", None, {"attn_implementation": "eager"}),
+            ("bergson[global]", "bergson", {"mode": "global"}, {}),
+            ("bergson[per_module]", "bergson", {"mode": "per_module"}, {}),
         ]:
-            if method in args.skip:
+            if method in args.skip or label in args.skip:
                 continue
-            label = method + (f"[{kwargs['mode']}]" if kwargs else "")
             feats = out / f"{label}-{size}.npy"
             try:
-                res = run_isolated(method, features_out=str(feats), method_kwargs=kwargs, **common)
+                res = run_isolated(
+                    method, features_out=str(feats), method_kwargs=kwargs, **extra, **common
+                )
             except Exception as exc:  # report and go on: one broken baseline must not hide the rest
-                print(f"{label:<26} FAILED: {str(exc).strip().splitlines()[-1][:200]}")
+                print(f"{label:<24} FAILED: {str(exc).strip().splitlines()[-1][:200]}")
                 continue
             fid = (fidelity(np.load(feats), np.load(exact)) if res["feature_dim"]
                    else dict(pearson=float("nan"), topk_overlap=float("nan")))
-            print(f"{label:<26}{res['examples_per_s']:>9.1f}{res['seconds']:>9.2f}"
+            print(f"{label:<24}{res['examples_per_s']:>9.1f}{res['seconds']:>9.2f}"
                   f"{res['peak_rss_delta'] / 2**20:>9.0f}{res['feature_dim']:>7}"
-                  f"{fid['pearson']:>9.3f}{fid['topk_overlap']:>7.2f}")
+                  f"{fid['pearson']:>9.3f}{fid['topk_overlap']:>7.2f}{res['load_before']:>6.1f}",
+                  flush=True)
             if args.verbose:
                 print("   ", json.dumps(res["info"]))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data.corpus import CorpusStats, read_corpus
+from data.corpus import CorpusStats, read_corpus, resolve_sources
 from data.errors import UserError
 from data.progress import progress_bar
 from data.records import Document
@@ -164,6 +165,14 @@ def featurize_targets(scoring: ScoringModel) -> dict[str, int]:
 # ------------------------------------------------------------------------------- candidates
 
 
+def corpus_identity(config: InfluenceConfig) -> dict[str, Any]:
+    """The candidate corpus as chunks depend on it: how it is read, and its files by name and
+    size (not modification time: a copy on another node is the same corpus)."""
+    files = resolve_sources(config.candidates.paths)
+    return {"input": config.candidates.model_dump(mode="json"),
+            "files": [[path, os.path.getsize(path) if os.path.isfile(path) else None] for path in files]}
+
+
 def _chunks_of_shard(config: InfluenceConfig, shard: Shard, stats: CorpusStats) -> Iterator[tuple[int, list[Document]]]:
     """(chunk index, its documents) for the chunks this shard owns, and finally (-1, [rows seen])."""
     size = config.featurize.chunk_size
@@ -184,7 +193,7 @@ def _chunks_of_shard(config: InfluenceConfig, shard: Shard, stats: CorpusStats) 
 def featurize_candidates(scoring: ScoringModel, shard: Shard) -> dict[str, Any]:
     config = scoring.config
     chunks = CandidateChunks(Path(config.featurize.output) / "candidates")
-    chunks.claim_layout(config.featurize.chunk_size)
+    chunks.claim_layout(config.featurize.chunk_size, corpus_identity(config))
     SpaceFile(chunks.folder).claim(scoring.spaces)
     stats = CorpusStats()
     done_before, written, examples_done = 0, 0, 0

@@ -119,16 +119,23 @@ class CandidateChunks:
     def is_done(self, index: int) -> bool:
         return self.chunk_dir(index).is_dir()
 
-    def claim_layout(self, chunk_size: int) -> None:
+    def claim_layout(self, chunk_size: int, corpus: dict[str, Any]) -> None:
+        """Chunks are index ranges of one corpus read one way: a rerun with another chunk size,
+        another corpus or other reading settings would mix rows, so it is refused."""
         path = self.folder / "layout.json"
+        wanted = {"chunk_size": chunk_size, "corpus": corpus}
         if path.exists():
-            held = read_json(path)["chunk_size"]
-            if held != chunk_size:
-                raise FeatureSpaceError(f"{self.folder}: chunks hold {held} rows each; featurize.chunk_size is "
-                                        f"{chunk_size} (use {held} or a new featurize.output)")
+            held = read_json(path)
+            if held["chunk_size"] != chunk_size:
+                raise FeatureSpaceError(f"{self.folder}: chunks hold {held['chunk_size']} rows each; featurize.chunk_size "
+                                        f"is {chunk_size} (use {held['chunk_size']} or a new featurize.output)")
+            if held.get("corpus") != corpus:
+                changed = differences(held.get("corpus") or {}, corpus)
+                raise FeatureSpaceError(f"{self.folder}: holds chunks of another candidate corpus ({', '.join(changed)} "
+                                        "differ); use a new featurize.output")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"chunk_size": chunk_size})
+        atomic_write_json(path, wanted)
 
     def write(self, index: int, rows: list[dict[str, Any]], features: dict[int, np.ndarray]) -> None:
         final = self.chunk_dir(index)

@@ -200,6 +200,14 @@ def test_features_of_another_space_are_refused(tiny_model, warmed, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another feature space" in err[0] and "projection differ" in err[0], err
 
+    # Another corpus (here: a copy with one row less) would mix rows of two corpora in one grid.
+    rows = (warmed / "pool.jsonl").read_text().splitlines()
+    write_jsonl(tmp_path / "smaller.jsonl", rows[:-1])
+    assert main(["influence", "featurize", "--config", str(path), "--side", "candidates",
+                 "--set", f"candidates.paths=[{tmp_path / 'smaller.jsonl'}]"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another candidate corpus" in err[0], err
+
     # Targets featurized elsewhere with another seed cannot be scored against these candidates.
     other = make_config(tiny_model, warmed, tmp_path / "other")
     other["featurize"]["projection"]["seed"] = 7
@@ -219,3 +227,11 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "featurize.projection.kind" in err[0], err
     assert not (tmp_path / "f").exists()
+
+
+def test_the_shipped_example_config_is_valid():
+    from pipeline.config import load_config
+
+    config = load_config(InfluenceConfig, REPO_ROOT / "configs" / "influence-example.yaml")
+    assert config.featurize.projection.dim == 8192 and config.lora.r == 128
+    assert [t.name for t in config.targets] == ["gsm8k", "math"]

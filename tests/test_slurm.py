@@ -1,8 +1,11 @@
-"""slurm/generate.sbatch on a real single-node Slurm (tests/slurm_cluster.py).
+"""slurm/stage.sbatch on a real single-node Slurm (tests/slurm_cluster.py).
 
-An array of 2 tasks writes the 2 shards of one output, the same records as a one-shard local
-run; resubmitting the same array after a "preemption" regenerates nothing. Skipped where
-Slurm is not installed or we are not root.
+generate: an array of 2 tasks writes the 2 shards of one output, the same records as a
+one-shard local run; resubmitting the same array after a "preemption" regenerates nothing.
+influence: featurize as a 2-task array, then select as one job after it, give the selection
+of a local single-process run; warm-up inside an array is refused. The template's argument
+checks also run without Slurm (plain bash, a stand-in `mathsynth`). Skipped where Slurm is not
+installed or we are not root.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import sample_texts, write_jsonl
 from slurm_cluster import slurm_cluster_or_skip
 
 from data.samples import SAMPLE_CORPUS
@@ -19,7 +23,7 @@ from data.samples import SAMPLE_CORPUS
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SBATCH_SCRIPT = "slurm/generate.sbatch"  # relative, as a user types it from the repo root
+SBATCH_SCRIPT = "slurm/stage.sbatch"  # relative, as a user types it from the repo root
 JOB_TIMEOUT_S = 120
 TOKENIZER_TEXTS = [
     "What is 2 + 3? The answer is 5.",
@@ -67,19 +71,31 @@ def job_env(slurm, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def submit_and_wait(slurm, env: dict[str, str], tmp_path: Path, *args: str) -> None:
-    """Submit the template as a 2-task array from the repo root; wait until both tasks end."""
-    command = [
-        "sbatch", "--parsable", "--array=0-1", f"--output={tmp_path}/slurm-%A_%a.out", SBATCH_SCRIPT, *args,
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+def submit(env: dict[str, str], tmp_path: Path, *args: str, array: str | None = "0-1",
+           options: tuple[str, ...] = ()) -> str:
+    """Submit the template from the repo root (an array unless ``array`` is None); the job id."""
+    if array:
+        where = [f"--array={array}", f"--output={tmp_path}/slurm-%A_%a.out"]
+    else:
+        where = [f"--output={tmp_path}/slurm-%j.out"]
+    command = ["sbatch", "--parsable", *where, *options, SBATCH_SCRIPT, *args]
+    result = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
-    job_id = result.stdout.strip().split(";")[0]
+    return result.stdout.strip().split(";")[0]
+
+
+def wait(slurm, tmp_path: Path, job_id: str) -> dict[str, str]:
+    """Task id (or the job id of a plain job) -> final state."""
     try:
-        states = slurm.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
+        return slurm.wait_for_job(job_id, timeout_s=JOB_TIMEOUT_S)
     except TimeoutError as err:
         slurm.cancel_all_jobs()
         pytest.fail(f"{err}\n{job_logs(tmp_path)}\n{slurm.logs()}")
+
+
+def submit_and_wait(slurm, env: dict[str, str], tmp_path: Path, *args: str) -> None:
+    """Submit the template as a 2-task array; wait until both tasks completed."""
+    states = wait(slurm, tmp_path, submit(env, tmp_path, *args))
     assert states == {"0": "COMPLETED", "1": "COMPLETED"}, f"{states}\n{job_logs(tmp_path)}"
 
 
@@ -113,7 +129,7 @@ def test_array_job_writes_the_shards_of_a_local_run_and_resubmitting_resumes(slu
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        submit_and_wait(slurm, env, tmp_path, str(config), *extra)
+        submit_and_wait(slurm, env, tmp_path, "generate", str(config), *extra)
     finally:
         local_log, _ = local.communicate(timeout=JOB_TIMEOUT_S)
     assert local.returncode == 0, local_log
@@ -138,7 +154,7 @@ def test_array_job_writes_the_shards_of_a_local_run_and_resubmitting_resumes(slu
     # before its .done marker. Resubmitting the same array must regenerate nothing.
     (out / f"{stems[1]}.done").unlink()
     before = {p.name: p.read_bytes() for p in out.glob("part-*") if p.suffix in (".jsonl", ".json")}
-    submit_and_wait(slurm, env, tmp_path, str(config), *extra)
+    submit_and_wait(slurm, env, tmp_path, "generate", str(config), *extra)
 
     after = {p.name: p.read_bytes() for p in out.glob("part-*") if p.suffix in (".jsonl", ".json")}
     for stem in stems:
@@ -154,3 +170,166 @@ def test_array_job_writes_the_shards_of_a_local_run_and_resubmitting_resumes(slu
     assert read_ids(out) == ids
     task0_logs = sorted((tmp_path / "logs").glob("mathsynth-generate-*_0.log"))
     assert len(task0_logs) == 2 and "already complete" in task0_logs[-1].read_text()
+
+
+# ------------------------------------------------------------------------------ influence
+
+
+def influence_config(model: Path, data: Path, out: Path) -> dict:
+    """Small enough for seconds on CPU: 48 candidates in 6 chunks of 8, 8 targets."""
+    return {
+        "model": str(model), "max_length": 64,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "candidates": {"paths": [str(data / "pool.jsonl")]},
+        "targets": [{"name": "word_problems", "path": str(data / "targets.jsonl")}],
+        "warmup": {"output": str(data / "warmup"), "fraction": 0.25, "epochs": 2, "learning_rate": 1e-3,
+                   "batch_size": 4},
+        "featurize": {"output": str(out / "features"), "chunk_size": 8, "batch_size": 8,
+                      "projection": {"dim": 512}},
+        "select": {"output": str(out / "selection"), "top_k": 10},
+    }
+
+
+@pytest.fixture(scope="module")
+def warmed(tiny_model, tmp_path_factory) -> Path:
+    """A pool of 48 sample texts, 8 target word problems, and the warm-up (in this process)."""
+    from influence.config import InfluenceConfig
+    from influence.warmup import run_warmup
+
+    data = tmp_path_factory.mktemp("influence")
+    write_jsonl(data / "pool.jsonl", [{"id": f"se{i}", "text": text, "source": "stackexchange"}
+                                      for i, text in enumerate(sample_texts(48))])
+    write_jsonl(data / "targets.jsonl", [
+        {"question": f"Ann has {a} apples and buys {b} more. How many apples does she have?",
+         "solution": f"She has {a} + {b} = {a + b} apples. The answer is \\boxed{{{a + b}}}."}
+        for a, b in [(3, 4), (12, 5), (7, 9), (21, 13), (8, 8), (30, 2), (15, 27), (6, 11)]
+    ])
+    run_warmup(InfluenceConfig.model_validate(influence_config(tiny_model, data, data / "unused")))
+    return data
+
+
+def test_featurize_array_then_select_job_gives_the_local_selection(slurm, tiny_model, warmed, tmp_path):
+    from data.shards import Shard
+    from influence.config import InfluenceConfig
+    from influence.featurize import run_featurize
+    from influence.select import run_select
+
+    out = tmp_path / "slurm-out"
+    config_path = tmp_path / "influence.yaml"
+    config_path.write_text(json.dumps(influence_config(tiny_model, warmed, out)))  # JSON is YAML
+    env = job_env(slurm, tmp_path)
+
+    # The chain of slurm/README.md: featurize as an array, the merge as one job after it.
+    featurize = submit(env, tmp_path, "influence", "featurize", str(config_path))
+    select = submit(env, tmp_path, "influence", "select", str(config_path), array=None,
+                    options=(f"--dependency=afterok:{featurize}", "--kill-on-invalid-dep=yes"))
+    # The local single-process reference shares the 2 cores with the jobs: run it meanwhile.
+    local = InfluenceConfig.model_validate(influence_config(tiny_model, warmed, tmp_path / "local"))
+    run_featurize(local, Shard(0, 1))
+    run_select(local)
+    featurize_states, select_states = wait(slurm, tmp_path, featurize), wait(slurm, tmp_path, select)
+    assert featurize_states == {"0": "COMPLETED", "1": "COMPLETED"}, f"{featurize_states}\n{job_logs(tmp_path)}"
+    assert select_states == {select: "COMPLETED"}, f"{select_states}\n{job_logs(tmp_path)}"
+
+    # Task i of the array was shard i/2: it featurized chunks i, i+2, i+4 of the 6.
+    candidates = out / "features" / "candidates"
+    for index in range(2):
+        summary = json.loads((candidates / f"shard-{index:05d}-of-00002.json").read_text())
+        assert summary["chunks_written"] == 3 and summary["examples"] == 24, summary
+    assert json.loads((candidates / "total.json").read_text()) == {"rows": 48, "chunks": 6}
+    logs = tmp_path / "logs"
+    assert len(list(logs.glob(f"mathsynth-influence-featurize-{featurize}_[01].log"))) == 2
+    assert len(list(logs.glob(f"mathsynth-influence-select-{select}_0.log"))) == 1
+
+    manifest = json.loads((out / "selection" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["counts"]["records"] == 10
+    rows = [json.loads(line) for line in (out / "selection" / "part-00000-of-00001.jsonl").read_text().splitlines()]
+    expected = [json.loads(line) for line in
+                (tmp_path / "local" / "selection" / "part-00000-of-00001.jsonl").read_text().splitlines()]
+    assert len(rows) == 10 and [r["id"] for r in rows] == [r["id"] for r in expected]
+    assert [r["influence"]["score"] for r in rows] == pytest.approx([r["influence"]["score"] for r in expected],
+                                                                  abs=1e-6)
+
+    # Chunks, not shards, are the unit: a resubmission with another array size finds them all.
+    config = InfluenceConfig.model_validate(json.loads(config_path.read_text()))
+    for index in range(3):
+        summary = run_featurize(config, Shard(index, 3), side="candidates")["candidates"]
+        assert summary["chunks_written"] == 0 and summary["chunks_already_done"] == 2, summary
+
+
+def test_warmup_inside_an_array_is_refused(slurm, tmp_path):
+    config = tmp_path / "influence.yaml"
+    config.write_text("{}")  # refused before it is read
+    env = job_env(slurm, tmp_path)
+    job = submit(env, tmp_path, "influence", "warmup", str(config))
+    states = wait(slurm, tmp_path, job)
+    assert states == {"0": "FAILED", "1": "FAILED"}, f"{states}\n{job_logs(tmp_path)}"
+    for task in (0, 1):
+        log = (tmp_path / "logs" / f"mathsynth-influence-warmup-{job}_{task}.log").read_text()
+        assert "'influence warmup' is a single job, not sharded: submit it without --array" in log, log
+        assert "mathsynth influence" not in log  # refused before running anything
+
+
+# ------------------------------------------------------------- the template without Slurm
+
+
+def run_template(tmp_path: Path, *args: str, **slurm_vars: str) -> tuple[int, str, str]:
+    """Run the script with bash as Slurm would, with a stand-in `mathsynth` that prints its
+    arguments; (exit status, output, what the stand-in received)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir(exist_ok=True)
+    (fake_bin / "mathsynth").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/received\n')
+    (fake_bin / "mathsynth").chmod(0o755)
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path), **slurm_vars}
+    result = subprocess.run(["bash", str(REPO_ROOT / SBATCH_SCRIPT), *args], check=False, env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    received = tmp_path / "received"
+    return result.returncode, result.stdout + result.stderr, received.read_text().strip() if received.exists() else ""
+
+
+ARRAY_TASK = {"SLURM_JOB_NAME": "mathsynth", "SLURM_JOB_ID": "8", "SLURM_ARRAY_JOB_ID": "7",
+              "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0",
+              "SLURM_ARRAY_TASK_MAX": "1"}
+
+
+@pytest.mark.parametrize("args, env, message", [
+    ((), ARRAY_TASK, "no config path"),
+    (("generate",), ARRAY_TASK, "no config path"),
+    (("c.yaml",), ARRAY_TASK, "no command before the config"),
+    (("generate", "--set", "a=1", "c.yaml"), ARRAY_TASK, "options go after the config"),
+    (("tiny-model", "c.yaml"), ARRAY_TASK, "'tiny-model' is not a stage this template runs"),
+    (("eval", "score", "c.yaml"), ARRAY_TASK, "'eval score' is not a stage this template runs"),
+    (("generate", "c.yaml", "--shard", "0/2"), ARRAY_TASK, "do not pass --shard"),
+    (("distill", "c.yaml", "--shard=0/2"), ARRAY_TASK, "do not pass --shard"),
+    (("influence", "warmup", "c.yaml"), ARRAY_TASK, "is a single job, not sharded"),
+    (("generate", "c.yaml"), {**ARRAY_TASK, "SLURM_ARRAY_TASK_MAX": "4"}, "array ids must be contiguous"),
+])
+def test_template_refuses_with_one_line_and_exit_2(tmp_path, args, env, message):
+    status, output, received = run_template(tmp_path, *args, **env)
+    assert status == 2 and message in output and not received, output
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (("influence", "featurize", "c.yaml", "--set", "a=b c", "--side", "candidates"), ARRAY_TASK,
+     "influence featurize --config c.yaml --set a=b c --side candidates"),
+    (("eval", "run", "--config", "c.json", "--limit", "5"), ARRAY_TASK, "eval run --config c.json --limit 5"),
+    (("generate", "--config=c.yml"), ARRAY_TASK, "generate --config c.yml"),
+    (("influence", "warmup", "c.yaml"), {"SLURM_JOB_NAME": "mathsynth", "SLURM_JOB_ID": "9"},
+     "influence warmup --config c.yaml"),
+    (("influence", "warmup", "c.yaml"), {**ARRAY_TASK, "SLURM_ARRAY_TASK_COUNT": "1",
+                                         "SLURM_ARRAY_TASK_MAX": "0", "SLURM_ARRAY_TASK_ID": "0"},
+     "influence warmup --config c.yaml"),
+])
+def test_template_runs_the_command_with_the_config_and_the_rest(tmp_path, args, env, expected):
+    status, output, received = run_template(tmp_path, *args, **env)
+    assert status == 0 and received == expected, output
+
+
+def test_template_log_is_named_after_the_command_unless_the_job_is_named(tmp_path):
+    logs = tmp_path / "logs"
+    run_template(tmp_path, "eval", "run", "c.yaml", MATHSYNTH_LOG_DIR=str(logs), **ARRAY_TASK)
+    run_template(tmp_path, "eval", "run", "c.yaml", MATHSYNTH_LOG_DIR=str(logs),
+                 **{**ARRAY_TASK, "SLURM_JOB_NAME": "my-eval"})
+    assert sorted(p.name for p in logs.iterdir()) == ["mathsynth-eval-run-7_1.log", "my-eval-7_1.log"]
+    line = (logs / "mathsynth-eval-run-7_1.log").read_text()
+    assert "job 7 task 1 of 2 (restart 0): mathsynth eval run --config c.yaml" in line, line
