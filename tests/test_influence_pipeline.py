@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from conftest import REPO_ROOT, sample_texts, write_jsonl
+from influence_helpers import assert_same_selection, make_config, read_selection
 
 from data.corpus import CorpusInput, read_corpus
 from data.shards import Shard
@@ -57,27 +57,6 @@ def planted(tmp_path_factory) -> Path:
     return folder
 
 
-def make_config(tiny_model: Path, data: Path, out: Path, **changes) -> dict:
-    config = {
-        "model": str(tiny_model), "max_length": 128,
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-        "candidates": {"paths": [str(data / "pool.jsonl")]},
-        "targets": [{"name": "word_problems", "path": str(data / "targets.jsonl")}],
-        "warmup": {"output": str(data / "warmup"), "fraction": 0.25, "epochs": 2, "learning_rate": 1e-3,
-                   "batch_size": 8},
-        "featurize": {"output": str(out / "features"), "chunk_size": 16, "batch_size": 8,
-                      "projection": {"dim": 4096}},
-        "select": {"output": str(out / "selection"), "top_fraction": 0.1, "dedup": {"threshold": None}},
-    }
-    for dotted, value in changes.items():
-        node = config
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return config
-
-
 @pytest.fixture(scope="module")
 def warmed(tiny_model, planted) -> Path:
     """The warm-up is shared: every test below scores at the same two checkpoints."""
@@ -85,16 +64,12 @@ def warmed(tiny_model, planted) -> Path:
     return planted
 
 
-def selection(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "part-00000-of-00001.jsonl").read_text().splitlines()]
-
-
 def test_planted_relevance_top_tenth_is_mostly_the_target_kind(tiny_model, warmed, tmp_path):
     config = InfluenceConfig.model_validate(make_config(tiny_model, warmed, tmp_path))
     run_featurize(config, Shard(0, 1))
     manifest = run_select(config)
     assert manifest["complete"]
-    chosen = selection(tmp_path / "selection")
+    chosen = read_selection(tmp_path / "selection")
     assert len(chosen) == 20  # 10% of 200
     share = sum(row["source"] == "word_problems" for row in chosen) / len(chosen)
     assert share >= 0.8, share
@@ -121,7 +96,7 @@ def test_near_duplicate_texts_are_removed_inside_the_selection(tiny_model, warme
     config = InfluenceConfig.model_validate(config)
     run_featurize(config, Shard(0, 1))
     run_select(config)
-    chosen = {row["id"] for row in selection(tmp_path / "selection")}
+    chosen = {row["id"] for row in read_selection(tmp_path / "selection")}
     assert len(chosen) == 40
     for copy in copies:  # never a text and its copy together
         assert not ({copy["id"], copy["id"][: -len("-copy")]} <= chosen)
@@ -139,10 +114,7 @@ def test_two_shards_give_the_same_selection_as_one(tiny_model, warmed, tmp_path)
         run_featurize(two, Shard(index, 2))
         score_shard(two, Shard(index, 2))
     run_select(two)
-    first, second = selection(tmp_path / "one" / "selection"), selection(tmp_path / "two" / "selection")
-    assert [r["id"] for r in first] == [r["id"] for r in second]
-    np.testing.assert_allclose([r["influence"]["score"] for r in first], [r["influence"]["score"] for r in second],
-                               rtol=0, atol=1e-6)
+    assert_same_selection(tmp_path / "one" / "selection", tmp_path / "two" / "selection")
 
 
 def test_select_waits_for_every_featurize_shard(tiny_model, warmed, tmp_path, capsys):
@@ -182,10 +154,7 @@ def test_kill_during_featurize_then_rerun_gives_the_same_scores(tiny_model, warm
     assert summary["candidates"]["chunks_already_done"] == written
     assert summary["candidates"]["chunks_written"] == 13 - written
     run_select(InfluenceConfig.model_validate(config))
-    first, second = selection(tmp_path / "reference" / "selection"), selection(tmp_path / "killed" / "selection")
-    assert [r["id"] for r in first] == [r["id"] for r in second]
-    np.testing.assert_allclose([r["influence"]["score"] for r in first], [r["influence"]["score"] for r in second],
-                               rtol=0, atol=1e-6)
+    assert_same_selection(tmp_path / "reference" / "selection", tmp_path / "killed" / "selection")
 
 
 def test_features_of_another_space_are_refused(tiny_model, warmed, tmp_path, capsys):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import sample_texts, write_jsonl
+from influence_helpers import assert_same_selection, make_config, read_selection
 from slurm_cluster import slurm_cluster_or_skip
 
 from data.samples import SAMPLE_CORPUS
@@ -177,17 +178,9 @@ def test_array_job_writes_the_shards_of_a_local_run_and_resubmitting_resumes(slu
 
 def influence_config(model: Path, data: Path, out: Path) -> dict:
     """Small enough for seconds on CPU: 48 candidates in 6 chunks of 8, 8 targets."""
-    return {
-        "model": str(model), "max_length": 64,
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "candidates": {"paths": [str(data / "pool.jsonl")]},
-        "targets": [{"name": "word_problems", "path": str(data / "targets.jsonl")}],
-        "warmup": {"output": str(data / "warmup"), "fraction": 0.25, "epochs": 2, "learning_rate": 1e-3,
-                   "batch_size": 4},
-        "featurize": {"output": str(out / "features"), "chunk_size": 8, "batch_size": 8,
-                      "projection": {"dim": 512}},
-        "select": {"output": str(out / "selection"), "top_k": 10},
-    }
+    return make_config(model, data, out, max_length=64, lora={"r": 8, "alpha": 16, "dropout": 0.0},
+                       warmup__batch_size=4, featurize__chunk_size=8, featurize__projection={"dim": 512},
+                       select={"output": str(out / "selection"), "top_k": 10})
 
 
 @pytest.fixture(scope="module")
@@ -243,12 +236,8 @@ def test_featurize_array_then_select_job_gives_the_local_selection(slurm, tiny_m
 
     manifest = json.loads((out / "selection" / "manifest.json").read_text())
     assert manifest["complete"] and manifest["counts"]["records"] == 10
-    rows = [json.loads(line) for line in (out / "selection" / "part-00000-of-00001.jsonl").read_text().splitlines()]
-    expected = [json.loads(line) for line in
-                (tmp_path / "local" / "selection" / "part-00000-of-00001.jsonl").read_text().splitlines()]
-    assert len(rows) == 10 and [r["id"] for r in rows] == [r["id"] for r in expected]
-    assert [r["influence"]["score"] for r in rows] == pytest.approx([r["influence"]["score"] for r in expected],
-                                                                  abs=1e-6)
+    assert len(read_selection(out / "selection")) == 10
+    assert_same_selection(out / "selection", tmp_path / "local" / "selection")
 
     # Chunks, not shards, are the unit: a resubmission with another array size finds them all.
     config = InfluenceConfig.model_validate(json.loads(config_path.read_text()))
