@@ -31,17 +31,18 @@ def _lora_linears(model) -> list[tuple[str, object]]:
 
 def per_example_losses(model, input_ids, attention_mask, scored, inputs_embeds=None):
     """Each example's mean loss over its scored tokens, shape (B,): the loss warm-up trains and
-    influence scores. Only the scored positions become float32 log-probabilities, which bounds
-    memory with a large vocabulary."""
+    influence scores. One cross-entropy over every position, masked after: measured faster
+    than gathering the scored positions first, whose backward scatters into a zeroed copy of
+    the logits."""
     if inputs_embeds is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     else:
         logits = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask).logits
-    mask = scored[:, 1:]
-    rows = mask.nonzero(as_tuple=True)[0]
-    token_loss = F.cross_entropy(logits[:, :-1][mask].float(), input_ids[:, 1:][mask], reduction="none")
-    totals = torch.zeros(input_ids.shape[0], dtype=token_loss.dtype, device=token_loss.device)
-    return totals.index_add(0, rows, token_loss) / mask.sum(dim=1).clamp(min=1)
+    logits = logits[:, :-1]
+    mask = scored[:, 1:].to(torch.float32)
+    token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), input_ids[:, 1:].reshape(-1),
+                                 reduction="none").view_as(mask)
+    return (token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class PerExampleGradients:
