@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -63,10 +63,16 @@ class ScoringModel:
     states: dict[int, tuple[dict, Any]]  # epoch -> (LoRA weights, Adam state)
     spaces: dict[int, dict[str, Any]]  # epoch -> feature-space description
 
+    directions: dict[int, AdamDirection] = field(default_factory=dict)  # epoch -> its Adam transform
+
     def features(self, examples: list[TokenizedExample], epoch: int, *, adam: bool) -> np.ndarray:
         weights, state = self.states[epoch]
         apply_weights(self.featurizer.gradients.model, weights)
-        direction = AdamDirection(state, self.featurizer.device) if adam else None
+        direction = None
+        if adam:
+            if epoch not in self.directions:  # built once: it scales the moments on the device
+                self.directions[epoch] = AdamDirection(state, self.featurizer.device)
+            direction = self.directions[epoch]
         return self.featurizer.featurize(examples, adam=direction)
 
 
@@ -115,9 +121,9 @@ def target_rows(target: TargetSet) -> list[tuple[str, str, str]]:
     for line, row in iter_json_objects(target.path):
         where = f"{target.path}:{line}"
         prompt, completion = row.get(target.prompt_field), row.get(target.completion_field)
-        for field, value in ((target.prompt_field, prompt), (target.completion_field, completion)):
+        for name, value in ((target.prompt_field, prompt), (target.completion_field, completion)):
             if not isinstance(value, str) or not value.strip():
-                raise UserError(f"{where}: target field {field!r} missing or empty")
+                raise UserError(f"{where}: target field {name!r} missing or empty")
         rows.append((str(row.get("id", f"{target.name}/{line}")), completion, prompt))
         if target.limit is not None and len(rows) >= target.limit:
             break

@@ -204,3 +204,19 @@ def test_the_shipped_example_config_is_valid():
     config = load_config(InfluenceConfig, REPO_ROOT / "configs" / "influence-example.yaml")
     assert config.featurize.projection.dim == 8192 and config.lora.r == 128
     assert [t.name for t in config.targets] == ["gsm8k", "math"]
+
+
+def test_target_sets_come_from_shipped_train_splits_or_a_jsonl_file(tmp_path):
+    from data.errors import UserError
+    from influence.config import TargetSet
+    from influence.featurize import target_rows
+
+    rows = target_rows(TargetSet(name="gsm8k", benchmark="gsm8k_train", limit=3))
+    assert len(rows) == 3 and all(solution and question for _, solution, question in rows)
+    assert rows[0][2].startswith("Natalia sold clips")
+    write_jsonl(tmp_path / "t.jsonl", [{"question": "1+1?", "solution": "\\boxed{2}"}, {"question": "2+2?"}])
+    with pytest.raises(UserError) as failure:
+        target_rows(TargetSet(name="mine", path=str(tmp_path / "t.jsonl")))
+    assert str(failure.value) == f"{tmp_path / 't.jsonl'}:2: target field 'solution' missing or empty"
+    with pytest.raises(UserError, match="unknown 'gsm9k'"):
+        target_rows(TargetSet(name="x", benchmark="gsm9k"))
