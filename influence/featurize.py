@@ -24,7 +24,7 @@ from data.errors import UserError
 from data.progress import progress_bar
 from data.records import Document
 from data.shards import Shard
-from data.storage import atomic_write_json
+from data.storage import atomic_write_json, read_json
 from influence.config import InfluenceConfig, TargetSet
 from influence.examples import (
     TARGET_PROMPT,
@@ -150,10 +150,14 @@ def featurize_targets(scoring: ScoringModel) -> dict[str, int]:
         SpaceFile(folder).claim(scoring.spaces)
         for target in config.targets:
             out = folder / target.name
-            ids_path = out / "ids.json"
-            if ids_path.exists() and all((out / f"epoch-{c.epoch}.npy").exists() for c in scoring.checkpoints):
+            ids_path, definition = out / "ids.json", target.model_dump(mode="json")
+            # ids.json is written last and target.json names what was featurized: a set whose
+            # definition changed (another file, limit or field) is computed again.
+            if (ids_path.exists() and all((out / f"epoch-{c.epoch}.npy").exists() for c in scoring.checkpoints)
+                    and read_json(out / "target.json") == definition):
                 counts[target.name] = len(json.loads(ids_path.read_text()))
                 continue
+            ids_path.unlink(missing_ok=True)
             rows = target_rows(target)
             examples = [tokenize_example(scoring.tokenizer, i, solution, TARGET_PROMPT.format(prompt=question),
                                          config.max_length) for i, solution, question in rows]
@@ -161,6 +165,7 @@ def featurize_targets(scoring: ScoringModel) -> dict[str, int]:
             started = time.monotonic()
             for c in scoring.checkpoints:
                 save_array(out / f"epoch-{c.epoch}.npy", scoring.features(examples, c.epoch, adam=False))
+            atomic_write_json(out / "target.json", definition)
             atomic_write_json(ids_path, [e.id for e in examples])
             log.info("targets %s: %d examples x %d checkpoints in %.1fs", target.name, len(examples),
                      len(scoring.checkpoints), time.monotonic() - started)
@@ -179,21 +184,29 @@ def corpus_identity(config: InfluenceConfig) -> dict[str, Any]:
             "files": [[path, os.path.getsize(path) if os.path.isfile(path) else None] for path in files]}
 
 
-def _chunks_of_shard(config: InfluenceConfig, shard: Shard, stats: CorpusStats) -> Iterator[tuple[int, list[Document]]]:
-    """(chunk index, its documents) for the chunks this shard owns, and finally (-1, [rows seen])."""
-    size = config.featurize.chunk_size
-    current, docs, position = 0, [], 0
-    for position, doc in enumerate(read_corpus(config.candidates, Shard(0, 1), stats), 1):
-        index = (position - 1) // size
-        if index != current:
-            if docs:
-                yield current, docs
-            current, docs = index, []
-        if index % shard.count == shard.index:
-            docs.append(doc)
-    if docs:
-        yield current, docs
-    yield -1, [position]
+class _ChunkStream:
+    """The corpus as consecutive chunks of ``chunk_size`` rows; yields (chunk index, its
+    documents) for the chunks ``shard`` owns. Every shard reads the whole stream, so chunk
+    boundaries are the same whatever the number of shards; ``rows`` counts what was seen."""
+
+    def __init__(self, config: InfluenceConfig, shard: Shard, stats: CorpusStats) -> None:
+        self.config, self.shard, self.stats = config, shard, stats
+        self.rows = 0
+
+    def __iter__(self) -> Iterator[tuple[int, list[Document]]]:
+        size = self.config.featurize.chunk_size
+        current, docs = 0, []
+        for doc in read_corpus(self.config.candidates, Shard(0, 1), self.stats):
+            index = self.rows // size
+            self.rows += 1
+            if index != current:
+                if docs:
+                    yield current, docs
+                current, docs = index, []
+            if index % self.shard.count == self.shard.index:
+                docs.append(doc)
+        if docs:
+            yield current, docs
 
 
 def featurize_candidates(scoring: ScoringModel, shard: Shard) -> dict[str, Any]:
@@ -205,10 +218,8 @@ def featurize_candidates(scoring: ScoringModel, shard: Shard) -> dict[str, Any]:
     done_before, written, examples_done = 0, 0, 0
     started = time.monotonic()
     with progress_bar(f"featurize candidates {shard}", unit="text") as advance:
-        for index, docs in _chunks_of_shard(config, shard, stats):
-            if index < 0:
-                chunks.record_total(docs[0], config.featurize.chunk_size)
-                break
+        stream = _ChunkStream(config, shard, stats)
+        for index, docs in stream:
             if chunks.is_done(index):
                 done_before += 1
                 continue
@@ -227,6 +238,7 @@ def featurize_candidates(scoring: ScoringModel, shard: Shard) -> dict[str, Any]:
             written += 1
             examples_done += len(examples)
             advance(len(examples))
+    chunks.record_total(stream.rows, config.featurize.chunk_size)  # the stream ended: the grid is known
     elapsed = time.monotonic() - started
     summary = {"shard": str(shard), "chunks_written": written, "chunks_already_done": done_before,
                "examples": examples_done, "seconds": round(elapsed, 2),

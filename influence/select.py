@@ -22,7 +22,7 @@ import numpy as np
 from data.errors import UserError
 from data.records import content_id
 from data.shards import Shard
-from data.storage import StageOutput, atomic_write_json, atomic_write_text
+from data.storage import StageOutput, atomic_write_json, atomic_write_text, read_json
 from influence.config import InfluenceConfig
 from influence.selection import (
     cluster_quota_select,
@@ -55,6 +55,12 @@ def load_target_means(config: InfluenceConfig, epochs: list[int]) -> dict[str, d
     means = {}
     for target in config.targets:
         means[target.name] = {}
+        held = folder / target.name / "target.json"
+        if not (folder / target.name / "ids.json").exists() or not held.exists():
+            raise SelectError(f"{folder / target.name}: no target features; run `mathsynth influence featurize --side targets`")
+        if read_json(held) != target.model_dump(mode="json"):
+            raise SelectError(f"targets.{target.name}: changed since its features were computed ({held}); "
+                              "run `mathsynth influence featurize --side targets` again")
         for epoch in epochs:
             path = folder / target.name / f"epoch-{epoch}.npy"
             if not path.exists():
@@ -90,7 +96,8 @@ class Scorer:
         self.weights = checkpoint_weights(candidate_space, config.warmup.output)
         self.means = load_target_means(config, self.epochs)
         self.target_names = [t.name for t in config.targets]
-        key = {"space": {e: candidate_space[e]["hash"] for e in candidate_space}, "targets": self.target_names,
+        definitions = [read_json(_target_folder(config) / name / "target.json") for name in self.target_names]
+        key = {"space": {e: candidate_space[e]["hash"] for e in candidate_space}, "targets": definitions,
                "weights": self.weights, "target_folder": str(_target_folder(config).resolve())}
         # Kept beside the features: a new selection (another top_k, say) reuses them.
         self.scores_folder = Path(config.featurize.output) / f"scores-{content_id(key)}"

@@ -220,3 +220,20 @@ def test_target_sets_come_from_shipped_train_splits_or_a_jsonl_file(tmp_path):
     assert str(failure.value) == f"{tmp_path / 't.jsonl'}:2: target field 'solution' missing or empty"
     with pytest.raises(UserError, match="unknown 'gsm9k'"):
         target_rows(TargetSet(name="x", benchmark="gsm9k"))
+
+
+def test_a_changed_target_set_is_refused_until_featurized_again(tiny_model, warmed, tmp_path, capsys):
+    config = make_config(tiny_model, warmed, tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["influence", "featurize", "--config", str(path)]) == 0
+    changed = ["--set", "targets=[{name: word_problems, path: " + str(warmed / "targets.jsonl") + ", limit: 5}]"]
+    capsys.readouterr()
+    assert main(["influence", "select", "--config", str(path), *changed]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "targets.word_problems: changed since its features were computed" in err[0], err
+    assert main(["influence", "featurize", "--config", str(path), "--side", "targets", *changed]) == 0
+    assert main(["influence", "select", "--config", str(path), *changed, "--set",
+                 f"select.output={tmp_path / 'selection-5'}"]) == 0
+    ids = json.loads((tmp_path / "features" / "targets" / "word_problems" / "ids.json").read_text())
+    assert len(ids) == 5
