@@ -169,23 +169,26 @@ def run_select(config: InfluenceConfig) -> dict[str, Any]:
         raise SelectError(f"{scorer.chunks.folder}: no candidates were featurized")
     n_select = selection_size(n, top_k=settings.top_k, top_fraction=settings.top_fraction)
     ranked = rank(scores)
-    selected, dropped = _pick(scorer, ranked, n_select, chunk_of_all, offset_of_all, config)
+    selected, dropped, clusters = _pick(scorer, ranked, n_select, chunk_of_all, offset_of_all, config)
     report = selection_report(selected, scores, np.asarray(lengths), sources, dropped_duplicates=dropped)
+    if clusters is not None:
+        report["diversity"] = clusters
     report["targets"] = scorer.target_names
     report["checkpoint_weights"] = {str(e): round(w, 6) for e, w in scorer.weights.items()}
     return _write_selection(config, scorer, selected, scores, per_target_all, chunk_of_all, offset_of_all, report)
 
 
 def _pick(scorer: Scorer, ranked: np.ndarray, n_select: int, chunk_of: np.ndarray, offset_of: np.ndarray,
-          config: InfluenceConfig) -> tuple[np.ndarray, int]:
-    """The selection (global indices, best first) and how many near-duplicates were dropped.
+          config: InfluenceConfig) -> tuple[np.ndarray, int, dict[str, Any] | None]:
+    """The selection (global indices, best first), how many near-duplicates were dropped, and
+    with cluster quotas, the clusters' sizes in the pool and in the selection.
 
     Dedup and quotas look at the best ``pool_factor`` x n_select candidates; when dedup leaves
     fewer than needed, the pool doubles until it is enough or everything was looked at.
     """
     settings = config.select
     if settings.dedup.threshold is None and settings.diversity.clusters == 0:
-        return ranked[:n_select], 0
+        return ranked[:n_select], 0, None
     pool_size = min(len(ranked), math.ceil(n_select * settings.pool_factor))
     last_epoch = scorer.epochs[-1]
     while True:
@@ -198,12 +201,17 @@ def _pick(scorer: Scorer, ranked: np.ndarray, n_select: int, chunk_of: np.ndarra
             break
         pool_size = min(len(ranked), pool_size * 2)
     n_take = min(n_select, len(kept))
+    clusters = None
     if settings.diversity.clusters > 0:
-        chosen, _ = cluster_quota_select(features, kept, n_take, n_clusters=settings.diversity.clusters,
-                                         seed=settings.diversity.seed)
+        chosen, cluster_of = cluster_quota_select(features, kept, n_take, n_clusters=settings.diversity.clusters,
+                                                  seed=settings.diversity.seed)
+        count = int(cluster_of.max()) + 1
+        clusters = {"clusters": count, "pool": len(kept),
+                    "pool_sizes": np.bincount(cluster_of[kept], minlength=count).tolist(),
+                    "selected_sizes": np.bincount(cluster_of[np.asarray(chosen)], minlength=count).tolist()}
     else:
         chosen = kept[:n_take]
-    return pool[np.asarray(chosen, dtype=np.int64)], len(dropped)
+    return pool[np.asarray(chosen, dtype=np.int64)], len(dropped), clusters
 
 
 def _gather_features(scorer: Scorer, indices: np.ndarray, chunk_of: np.ndarray, offset_of: np.ndarray,

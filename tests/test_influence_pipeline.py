@@ -237,3 +237,20 @@ def test_a_changed_target_set_is_refused_until_featurized_again(tiny_model, warm
                  f"select.output={tmp_path / 'selection-5'}"]) == 0
     ids = json.loads((tmp_path / "features" / "targets" / "word_problems" / "ids.json").read_text())
     assert len(ids) == 5
+
+
+def test_cluster_quotas_follow_each_clusters_share_of_the_pool(tiny_model, warmed, tmp_path):
+    config = InfluenceConfig.model_validate(make_config(
+        tiny_model, warmed, tmp_path, select__diversity={"clusters": 2, "seed": 0}, select__pool_factor=10.0))
+    run_featurize(config, Shard(0, 1))
+    run_select(config)
+    chosen = read_selection(tmp_path / "selection")
+    assert len(chosen) == 20 and len({row["id"] for row in chosen}) == 20
+    # Quotas follow the clusters' shares of the pool (all 200 texts here): largest remainder.
+    report = json.loads((tmp_path / "selection" / "report.json").read_text())
+    diversity = report["diversity"]
+    assert diversity["clusters"] == 2 and diversity["pool"] == 200 and sum(diversity["pool_sizes"]) == 200
+    assert sum(diversity["selected_sizes"]) == 20
+    for pool_size, taken in zip(diversity["pool_sizes"], diversity["selected_sizes"]):
+        assert abs(taken - 20 * pool_size / 200) < 1, diversity
+    assert [row["influence"]["rank"] for row in chosen] == list(range(1, 21))
