@@ -23,7 +23,7 @@ from data.errors import UserError
 from data.records import content_id
 from data.shards import Shard
 from data.storage import StageOutput, atomic_write_json, atomic_write_text, read_json
-from influence.config import InfluenceConfig
+from influence.config import OPERATIONAL_KEYS, InfluenceConfig
 from influence.selection import (
     cluster_quota_select,
     rank,
@@ -248,8 +248,8 @@ def _write_selection(config: InfluenceConfig, scorer: Scorer, selected: np.ndarr
                                   "source_location": row.get("location")},
                 }
     output = StageOutput(config.select.output, stage="influence-select",
-                         config=config.model_dump(mode="json", exclude={"device"}),
-                         inputs=[config.featurize.output], operational=("featurize.batch_size",))
+                         config=config.model_dump(mode="json"),
+                         inputs=[config.featurize.output], operational=OPERATIONAL_KEYS)
     shard = Shard(0, 1)
     writer = output.open_shard(shard)
     for record in records:
