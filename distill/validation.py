@@ -22,7 +22,8 @@ Checks run in this order; the first that fails names the reason:
                           "the answer is <answer>", with the answer verbatim;
                           (d) tool variant: the program is just ``print(<the boxed answer>)``.
 ``no_code``               tool variant without a ```python block.
-``near_duplicate``        word 5-gram shingle Jaccard >= ``near_duplicate_jaccard`` with a problem
+``near_duplicate``        word 5-gram shingle Jaccard (:func:`data.dedup.words`: alphanumeric runs and
+                          math operators) >= ``near_duplicate_jaccard`` with a problem
                           already accepted (earlier in the batch, an earlier batch, or
                           :meth:`Validator.remember`-ed from an earlier run). Checked against the
                           earlier ones before running code, so duplicates cost no sandbox time.
@@ -37,13 +38,12 @@ otherwise tool outputs skip that check and ``details["code_checked"]`` is False.
 from __future__ import annotations
 
 import re
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from data.dedup import NearDuplicateIndex, ngrams
 from data.text import find_boxes
 from distill.parsing import ParsedOutput, parse_teacher_output
 from eval.grading import Grader
@@ -95,10 +95,6 @@ def count_words(text: str) -> int:
 def tokens(text: str) -> list[str]:
     """Lowercased alphanumeric runs: the unit of n-grams, blind to punctuation and LaTeX markup."""
     return _TOKEN.findall(text.lower())
-
-
-def ngrams(words: list[str], n: int) -> set[tuple[str, ...]]:
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def copied_fraction(problem: str, source: str, n: int) -> float:
@@ -172,61 +168,8 @@ def _just_prints(code: str, answer: str) -> bool:
 # --- near duplicates -------------------------------------------------------------------------
 
 
-class NearDuplicateIndex:
-    """Exact Jaccard on word-shingle sets, with MinHash + LSH banding to find the candidates.
-
-    ``bands`` x ``rows`` = the number of hash functions; 20 x 5 makes a pair at Jaccard 0.8 a
-    candidate with probability 1 - (1 - 0.8^5)^20 > 0.999, and candidates are then verified
-    exactly, so no false positives. Hash functions come from a fixed seed: runs agree.
-    """
-
-    _PRIME = (1 << 31) - 1  # a * x + b stays below 2^64 for 32-bit x
-
-    def __init__(self, shingle: int = 5, bands: int = 20, rows: int = 5, seed: int = 0) -> None:
-        self.shingle, self.bands, self.rows = shingle, bands, rows
-        rng = np.random.default_rng(seed)
-        self._a = rng.integers(1, self._PRIME, size=bands * rows, dtype=np.uint64)
-        self._b = rng.integers(0, self._PRIME, size=bands * rows, dtype=np.uint64)
-        self._sets: list[frozenset[int]] = []
-        self._buckets: dict[tuple[int, bytes], list[int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._sets)
-
-    def shingles(self, text: str) -> frozenset[int]:
-        words = tokens(text)
-        n = min(self.shingle, len(words))
-        grams = ngrams(words, n) if n else set()
-        return frozenset(zlib.crc32(" ".join(gram).encode()) for gram in grams)
-
-    def _band_keys(self, shingles: frozenset[int]) -> list[tuple[int, bytes]]:
-        x = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))
-        signature = ((self._a[:, None] * x[None, :] + self._b[:, None]) % np.uint64(self._PRIME)).min(axis=1)
-        return [(band, signature[band * self.rows : (band + 1) * self.rows].tobytes()) for band in range(self.bands)]
-
-    def nearest(self, text: str) -> tuple[float, int | None]:
-        """(Jaccard, index) of the most similar stored text among the LSH candidates; (0.0, None) if none."""
-        query = self.shingles(text)
-        if not query:
-            return 0.0, None
-        candidates = {i for key in self._band_keys(query) for i in self._buckets.get(key, ())}
-        best, best_index = 0.0, None
-        for i in sorted(candidates):
-            stored = self._sets[i]
-            common = len(query & stored)
-            jaccard = common / (len(query) + len(stored) - common)
-            if jaccard > best:
-                best, best_index = jaccard, i
-        return best, best_index
-
-    def add(self, text: str) -> None:
-        shingles = self.shingles(text)
-        if not shingles:
-            return
-        index = len(self._sets)
-        self._sets.append(shingles)
-        for key in self._band_keys(shingles):
-            self._buckets.setdefault(key, []).append(index)
+# NearDuplicateIndex (exact shingle Jaccard, MinHash + LSH candidates) lives in data.dedup, shared
+# with synth's cross-shard dedup; imported above.
 
 
 # --- the validator ---------------------------------------------------------------------------
@@ -244,7 +187,7 @@ class Validator:
         self.config = config or ValidationConfig()
         self.sandbox = sandbox
         self._grader, self._own_grader = grader, grader is None
-        self.index = NearDuplicateIndex()
+        self.index = NearDuplicateIndex(threshold=self.config.near_duplicate_jaccard)
 
     def remember(self, problem: str) -> None:
         """Seed the near-duplicate index with a problem accepted by an earlier run (resume)."""

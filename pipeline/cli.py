@@ -17,7 +17,6 @@ DEMO_EVAL_CONFIG = REPO_ROOT / "configs" / "demo-eval.yaml"
 
 # Stages that later work adds; until then the command says so instead of half-working.
 NOT_BUILT = {
-    "synth": "synthesizer training and mass generation",
     "pretrain": "continued pre-training",
 }
 EXIT_USER_ERROR = 2
@@ -60,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--dry-run", action="store_true", help="print calls, estimated tokens and cost; call nothing")
 
     _add_influence_parser(commands)
+
+    synth = commands.add_parser("synth", help="train the small synthesizer; mass-produce problems with it")
+    synth_verbs = synth.add_subparsers(dest="verb", required=True)
+    train = synth_verbs.add_parser("train", help="SFT on the distill export (packing, LoRA or full; accelerate launch)")
+    _add_run_args(train)
+    generate_later = synth_verbs.add_parser("generate", help="mass generation with the trained synthesizer (not built yet)")
+    _add_run_args(generate_later, config_required=False)
 
     for stage in NOT_BUILT:
         commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
@@ -215,6 +221,23 @@ def cmd_influence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    import json
+
+    if args.verb == "generate":
+        print("mathsynth synth generate: not built yet (mass generation is a later milestone)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    from pipeline.config import load_config
+    from synth.config import SynthTrainConfig
+    from synth.train import run_train
+
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per saved file otherwise
+    manifest = run_train(load_config(SynthTrainConfig, args.config, args.overrides))
+    if os.environ.get("RANK", "0") == "0":  # one summary line, not one per process
+        print(json.dumps({"output": manifest["config"]["output"], **manifest["stats"]}))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from data.shards import resolve_shard
     from pipeline.config import load_config
@@ -286,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     for chatty in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(chatty).setLevel(logging.WARNING)  # one line per HTTP call buries the run's own log
     handlers = {"generate": cmd_generate, "tiny-model": cmd_tiny_model, "demo": cmd_demo, "eval": cmd_eval,
-                "distill": cmd_distill, "influence": cmd_influence}
+                "distill": cmd_distill, "influence": cmd_influence, "synth": cmd_synth}
     try:
         return handlers[args.command](args)
     except Exception as err:

@@ -66,16 +66,16 @@ def test_cli_prints_one_line_and_exits_2_on_a_bad_config(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written before validation passed
 
 
-@pytest.mark.parametrize("stage", ["synth", "pretrain"])
-def test_a_stage_not_built_says_so_and_fails(stage, capsys):
-    assert main([stage, "--config", "x.yaml"]) == 2
+@pytest.mark.parametrize("command", [["pretrain"], ["synth", "generate"]])
+def test_a_stage_not_built_says_so_and_fails(command, capsys):
+    assert main([*command, "--config", "x.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"mathsynth {stage}: not built yet")
+    assert len(err) == 1 and err[0].startswith(f"mathsynth {' '.join(command)}: not built yet")
 
 
 def test_python_dash_m_stage_works_like_the_cli():
-    result = subprocess.run([sys.executable, "-m", "synth"], capture_output=True, text=True)
-    assert result.returncode == 2 and "mathsynth synth: not built yet" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "pretrain"], capture_output=True, text=True)
+    assert result.returncode == 2 and "mathsynth pretrain: not built yet" in result.stderr
 
 
 def test_a_partial_override_keeps_the_other_eval_sampling_defaults():

@@ -1,0 +1,95 @@
+"""The ``synth train`` config: supervised fine-tuning of the synthesizer on the distill SFT export.
+
+Validated at start (one line naming the key on error). The JiuZhang3.0 synthesizer recipe is
+the default: lr 1e-5 cosine without warm-up, weight decay 0.1, 5 epochs, 2048 tokens, bf16 on GPU.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data.errors import UserError
+
+
+class SynthConfigError(UserError, ValueError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainData(_Strict):
+    """The distill stage's SFT export: a distill output folder (its ``sft_<format>.jsonl`` is
+    read) or one of those files directly."""
+
+    path: str = Field(..., min_length=1)
+    format: Literal["raw", "chat"] = Field("raw", description="raw: prompt/completion (the paper's synthesizer "
+                                                              "is prompted raw); chat: messages, rendered with "
+                                                              "the model's chat template")
+    limit: int | None = Field(None, ge=1, description="train on the first N rows only")
+
+    def file(self) -> Path:
+        path = Path(self.path)
+        return path / f"sft_{self.format}.jsonl" if path.is_dir() else path
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1)
+
+
+class Schedule(_Strict):
+    """``cosine``: linear warm-up, cosine to ``min_lr_ratio``. ``wsd`` (warmup-stable-decay):
+    linear warm-up, constant until ``decay_start`` of the steps, linear decay to ``min_lr_ratio``.
+    ``constant``: warm-up then flat."""
+
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    decay_start: float = Field(0.85, ge=0.0, le=1.0, description="wsd only: fraction of steps before decay")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="the floor, as a fraction of the peak")
+
+    @model_validator(mode="after")
+    def _order(self) -> Schedule:
+        if self.kind == "wsd" and self.decay_start < self.warmup_ratio:
+            raise ValueError(f"decay_start ({self.decay_start}) must not come before the end of warm-up "
+                             f"({self.warmup_ratio})")
+        return self
+
+
+class SynthTrainConfig(_Strict):
+    model: str = Field(..., min_length=1, description="base checkpoint: a local folder or a hub name")
+    data: TrainData
+    output: str = Field(..., min_length=1, description="the result: an HF checkpoint folder (plus checkpoints/)")
+    max_length: int = Field(2048, ge=8, description="tokens per packed row; a longer example is cut")
+    packing: bool = Field(True, description="several examples per row, attention kept within each")
+    epochs: int = Field(5, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    schedule: Schedule = Field(default_factory=Schedule)
+    weight_decay: float = Field(0.1, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    per_device_batch_size: int = Field(1, ge=1, description="rows per process per micro-step")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: fp32 on CPU, bf16 on GPU")
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = Field(None, description="null: full fine-tuning; else LoRA, merged on save")
+    seed: int = 0
+    save_steps: int = Field(100, ge=1, description="a resumable checkpoint every N optimizer steps")
+    keep_checkpoints: int = Field(1, ge=0, description="checkpoints kept; 0 removes them all once the run ends")
+    logging_steps: int = Field(10, ge=1)
+
+
+def check_train_config(config: SynthTrainConfig) -> None:
+    """What pydantic cannot see: the data file exists."""
+    file = config.data.file()
+    if not file.is_file():
+        raise SynthConfigError(f"data.path: {file} not found (a distill output folder writes sft_{config.data.format}.jsonl "
+                               f"when every shard is done)")
