@@ -12,12 +12,12 @@ token is ever predicted from the previous example's last one.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from data.errors import UserError
+from data.jsonl import iter_json_objects
 
 IGNORE = -100
 
@@ -54,30 +54,23 @@ def read_sft_rows(path: Path, fmt: str, limit: int | None = None) -> Iterator[tu
     """(id, prompt, target) from the distill export: raw rows ``{id, prompt, completion}``; chat
     rows ``{id, messages}`` whose last message is the assistant's target (the prompt is then the
     earlier messages)."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SftDataError(f"{where}: not JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise SftDataError(f"{where}: a row must be a JSON object")
-            if fmt == "raw":
-                prompt, target = row.get("prompt"), row.get("completion")
-                if not isinstance(prompt, str) or not isinstance(target, str) or not target.strip():
-                    raise SftDataError(f"{where}: a raw row needs string fields prompt and completion (non-empty)")
-            else:
-                messages = row.get("messages")
-                if (not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages)
-                        or messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str)):
-                    raise SftDataError(f"{where}: a chat row needs messages ending with an assistant message")
-                prompt, target = messages[:-1], messages[-1]["content"]
-            yield str(row.get("id", number)), prompt, target
-            if limit is not None and number >= limit:
-                return
+    count = 0
+    for number, row in iter_json_objects(path, SftDataError):
+        where = f"{path}:{number}"
+        if fmt == "raw":
+            prompt, target = row.get("prompt"), row.get("completion")
+            if not isinstance(prompt, str) or not isinstance(target, str) or not target.strip():
+                raise SftDataError(f"{where}: a raw row needs string fields prompt and completion (non-empty)")
+        else:
+            messages = row.get("messages")
+            if (not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages)
+                    or messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str)):
+                raise SftDataError(f"{where}: a chat row needs messages ending with an assistant message")
+            prompt, target = messages[:-1], messages[-1]["content"]
+        yield str(row.get("id", number)), prompt, target
+        count += 1
+        if limit is not None and count >= limit:
+            return
 
 
 def tokenize_sft(tokenizer, example_id: str, prompt: str | list, target: str, max_length: int) -> SftExample:
