@@ -575,7 +575,11 @@ def merge_shards(sketches: Sequence[ShardSketch], threshold: float = 0.8) -> Dec
     if len({(s.ngram, s.seed, s.signatures.shape[1]) for s in sketches}) > 1:
         raise ValueError("shard sketches were computed with different ngram/seed/num_perm")
     bands, rows = lsh_params(threshold, sketches[0].signatures.shape[1])
-    keys = np.concatenate([band_keys(s.signatures, bands, rows) for s in sketches])
+    keys = np.empty((sum(len(s.ids) for s in sketches), bands), dtype=np.uint64)  # filled in place: no 2nd copy
+    lo = 0
+    for sketch in sketches:
+        keys[lo : lo + len(sketch.ids)] = band_keys(sketch.signatures, bands, rows)
+        lo += len(sketch.ids)
     empty = np.concatenate([np.diff(s.shingles.offsets) == 0 for s in sketches])
     ids = [i for s in sketches for i in s.ids]
     shingles = _ShardedShingles([s.shingles for s in sketches])
