@@ -18,6 +18,18 @@ def content_id(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
 
 
+def stable_seed(*parts: Any) -> int:
+    """A non-negative 63-bit seed fixed by ``parts`` on every machine (torch, numpy and random
+    all accept it): derived seeds for data orders, masks and projections."""
+    return int(content_id(*parts, length=16), 16) >> 1
+
+
+def stable_uniform(*parts: Any) -> float:
+    """A number in [0, 1) fixed by ``parts`` on every machine: a draw that no order, shard or
+    process count can change."""
+    return int(content_id(*parts, length=16), 16) / 16**16
+
+
 def config_hash(config: Any) -> str:
     """The hash a manifest records for a resolved config (plain JSON-able data)."""
     return content_id(config, length=16)

@@ -7,7 +7,7 @@ A target example is scored on its solution, with its question as the prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from data.errors import UserError
 
@@ -70,11 +70,6 @@ def candidate_example(doc: Document, config: InfluenceConfig, tokenizer, stats: 
         stats.record_skip(MISSING_PAIR, message)
         return None
     return tokenize_example(tokenizer, doc.id, completion, doc.text, config.max_length)
-
-
-def tokenize_many(tokenizer, rows: Iterable[tuple[str, str, str | None]], max_length: int) -> list[TokenizedExample]:
-    """``rows``: (id, completion, prompt or None)."""
-    return [tokenize_example(tokenizer, i, completion, prompt, max_length) for i, completion, prompt in rows]
 
 
 def length_sorted_batches(examples: Sequence[TokenizedExample], batch_size: int) -> list[list[int]]:

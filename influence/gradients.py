@@ -12,15 +12,13 @@ graph is rooted at the input embeddings instead.
 """
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from influence.examples import TokenizedExample, collate
 from influence.lora import AdamState, lora_parameters
-
-GradientKind = Literal["sgd", "adam"]
 
 
 def _lora_linears(model) -> list[tuple[str, object]]:

@@ -45,10 +45,6 @@ def lora_parameters(model) -> list[tuple[str, Any]]:
     return [(name, p) for name, p in model.named_parameters() if ".lora_A." in name or ".lora_B." in name]
 
 
-def parameter_order(model) -> list[tuple[str, list[int]]]:
-    return [(name, list(p.shape)) for name, p in lora_parameters(model)]
-
-
 @dataclass(frozen=True)
 class AdamState:
     exp_avg: dict[str, Any]

@@ -13,14 +13,10 @@ table is built once and kept.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
-
-def module_seed(seed: int, name: str, numel: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{name}/{numel}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from data.records import stable_seed
 
 
 class SketchProjector:
@@ -38,7 +34,7 @@ class SketchProjector:
         cached = self._tables.get(name)
         if cached is not None and cached[0].shape[1] == numel:
             return cached
-        generator = torch.Generator(device="cpu").manual_seed(module_seed(self.seed, name, numel))
+        generator = torch.Generator(device="cpu").manual_seed(stable_seed(self.seed, name, numel))
         buckets = torch.randint(0, self.dim, (self.nnz, numel), generator=generator, dtype=torch.int64)
         signs = torch.randint(0, 2, (self.nnz, numel), generator=generator, dtype=torch.int8)
         signs = (signs.to(torch.float32) * 2 - 1) / math.sqrt(self.nnz)

@@ -12,7 +12,6 @@ that epoch's progress, since a checkpoint is written whole or not at all.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from data.corpus import CorpusStats, read_corpus
 from data.errors import UserError
 from data.progress import progress_bar
-from data.records import Document
+from data.records import Document, stable_seed, stable_uniform
 from data.shards import Shard
 from data.storage import MANIFEST, StageOutput, read_json
 from influence.config import InfluenceConfig, WarmupSettings
@@ -60,15 +59,6 @@ class WarmupError(UserError, ValueError):
 # What is trained on
 
 
-def _unit_interval(key: str) -> float:
-    """A uniform draw in [0, 1) fixed by ``key`` on every machine."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
-
-
-def _derived_seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode("utf-8")).digest()[:8], "big") >> 1
-
-
 def warmup_sample(config: InfluenceConfig, *, stats: CorpusStats | None = None) -> Iterator[Document]:
     """The candidates trained on: each kept with probability ``warmup.fraction``, decided by a
     hash of (seed, doc id) alone, so the sample never depends on order, sharding or machine.
@@ -76,7 +66,7 @@ def warmup_sample(config: InfluenceConfig, *, stats: CorpusStats | None = None) 
     settings = config.warmup
     kept = 0
     for doc in read_corpus(config.candidates, Shard(0, 1), stats):
-        if _unit_interval(f"{settings.seed}:{doc.id}") < settings.fraction:
+        if stable_uniform(settings.seed, doc.id) < settings.fraction:
             yield doc
             kept += 1
             if kept == settings.max_examples:
@@ -110,7 +100,7 @@ def epoch_order(config: InfluenceConfig, n: int, epoch: int) -> list[int]:
     """Example positions in the order epoch ``epoch`` (1-based) visits them."""
     import torch
 
-    generator = torch.Generator().manual_seed(_derived_seed(config.warmup.seed, epoch, "order"))
+    generator = torch.Generator().manual_seed(stable_seed(config.warmup.seed, epoch, "order"))
     return torch.randperm(n, generator=generator).tolist()
 
 
@@ -211,7 +201,7 @@ def run_warmup(config: InfluenceConfig) -> dict[str, Any]:
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for epoch in range(len(saved) + 1, settings.epochs + 1):
-        torch.manual_seed(_derived_seed(settings.seed, epoch, "dropout"))
+        torch.manual_seed(stable_seed(settings.seed, epoch, "dropout"))
         order = epoch_order(config, len(examples), epoch)
         started = time.monotonic()
         loss_sum, lr_sum = 0.0, 0.0

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from data.errors import UserError
-from data.records import config_hash
+from data.records import config_hash, stable_seed
 from data.storage import (
     atomic_write_json,
     atomic_write_text,
@@ -95,17 +95,13 @@ def lr_factor(step: int, total: int, config: SynthTrainConfig) -> float:
 # Data
 
 
-def _seed(*parts: Any) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
-
-
 def build_rows(config: SynthTrainConfig, tokenizer) -> tuple[list[PackedRow], dict[str, int]]:
     """The packed rows, identical on every process and every rerun."""
     examples = [tokenize_sft(tokenizer, i, prompt, target, config.max_length)
                 for i, prompt, target in read_sft_rows(config.data.file(), config.data.format, config.data.limit)]
     if not examples:
         raise TrainError(f"data.path: {config.data.file()} holds no examples")
-    random.Random(_seed(config.seed, "pack")).shuffle(examples)
+    random.Random(stable_seed(config.seed, "pack")).shuffle(examples)
     rows = pack(examples, config.max_length, packing=config.packing)
     stats = {"examples": len(examples), "rows": len(rows),
              "tokens": sum(len(r.input_ids) for r in rows), "target_tokens": sum(r.target_tokens for r in rows)}
@@ -115,7 +111,7 @@ def build_rows(config: SynthTrainConfig, tokenizer) -> tuple[list[PackedRow], di
 def epoch_order(config: SynthTrainConfig, n_rows: int, epoch: int) -> list[int]:
     import torch
 
-    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(_seed(config.seed, epoch, "order"))).tolist()
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(stable_seed(config.seed, epoch, "order"))).tolist()
 
 
 def step_rows(config: SynthTrainConfig, order: list[int], step_in_epoch: int, world: int) -> list[int]:
@@ -150,7 +146,7 @@ def _setup_model(config: SynthTrainConfig, device_is_cuda: bool):
     if config.lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        torch.manual_seed(_seed(config.seed, "lora"))
+        torch.manual_seed(stable_seed(config.seed, "lora"))
         model = get_peft_model(model, LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha,
                                                  lora_dropout=config.lora.dropout,
                                                  target_modules=list(config.lora.target_modules),
@@ -231,7 +227,7 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch size; we have no dataloader
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_batch_size
     world, rank = accelerator.num_processes, accelerator.process_index
-    set_seed(_seed(config.seed, "init") % 2**32)
+    set_seed(stable_seed(config.seed, "init") % 2**32)
 
     tokenizer = load_tokenizer(config.model)
     rows, data_stats = build_rows(config, tokenizer)
