@@ -58,7 +58,7 @@ class ScriptedTeacher:
     def __init__(self, tokenizer_dir: str) -> None:
         from transformers import AutoTokenizer
 
-        from distill.prompt_library import PromptLibrary
+        from data.stage_prompts.library import PromptLibrary
 
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
         library = PromptLibrary.load()
@@ -302,7 +302,7 @@ _BUDGET_WORDS: dict[str, float] = {}
 
 def _budget_words(record: dict[str, Any]) -> float:
     if not _BUDGET_WORDS:
-        from distill.prompt_library import PromptLibrary
+        from data.stage_prompts.library import PromptLibrary
 
         for name, spec in PromptLibrary.load().stages.items():
             _BUDGET_WORDS[name] = (sum(spec.problem_words) + sum(spec.solution_words)) / 2

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.corpus import CorpusInput, CorpusStats, read_corpus
 from data.progress import progress_bar
-from data.records import Document, content_id
+from data.records import Document
 from data.shards import Shard
+from data.stage_prompts.library import PromptLibrary
+from data.stage_prompts.prompted import PromptKeys, load_library, prompted_windows
 from data.storage import (
     ShardWriter,
     StageOutput,
@@ -25,18 +27,12 @@ from data.storage import (
     iter_records,
     part_stem,
 )
-from distill.prompt_library import PromptLibrary
-from distill.sampling import assign
-from distill.windows import WindowMode, windows
 from llm.config import EngineConfig, operational_keys
 from llm.engine import Engine, make_engine
 from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
 
 log = logging.getLogger(__name__)
-
-ALL_STAGES = ("grade_school", "middle_school", "high_school", "college", "amc_8", "amc_10", "amc_12", "aime")
-
 
 class TeacherSampling(SamplingParams):
     """The released JiuZhang3.0 teacher settings: temperature 0.6, up to 2,500 tokens; stop if
@@ -79,17 +75,13 @@ class SelfConsistency(BaseModel):
                         description="{problem} is replaced by the problem text")
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(PromptKeys):
+    """The prompt keys (window_mode, windows_per_text, stages, variants, stages_file,
+    variants_file, seed) come from :class:`PromptKeys`, shared with synth generate."""
+
     model_config = ConfigDict(extra="forbid")
 
     input: CorpusInput
-    window_mode: WindowMode = "head"
-    windows_per_text: int = Field(1, ge=1)
-    stages: dict[str, float] = Field(default_factory=lambda: {stage: 1.0 for stage in ALL_STAGES})
-    variants: dict[str, float] = Field(default_factory=lambda: {"cot": 0.7, "tool": 0.3})
-    stages_file: str | None = Field(None, description="your own stages.yaml (default: the shipped library)")
-    variants_file: str | None = None
-    seed: int = 0
     teacher: EngineConfig
     format: Literal["chat", "raw"] = "chat"
     sampling: TeacherSampling = Field(default_factory=TeacherSampling)
@@ -101,30 +93,12 @@ class DistillConfig(BaseModel):
     output: str = Field(..., min_length=1)
 
 
-def load_library(config: DistillConfig) -> PromptLibrary:
-    library = PromptLibrary.load(config.stages_file, config.variants_file)
-    for stage in config.stages:
-        library.check(stage, next(iter(library.variants)))
-    for variant in config.variants:
-        library.check(next(iter(library.stages)), variant)
-    return library
-
-
 def build_items(docs: Iterable[Document], library: PromptLibrary, config: DistillConfig) -> Iterator[WorkItem]:
     """One work item per source window, its stage and variant drawn from the text's id."""
-    for doc in docs:
-        stage, variant = assign(doc.id, config.seed, config.stages, config.variants)
-        spec = library.variants[variant]
-        for start, end in windows(doc.text, spec.window_chars, config.window_mode)[: config.windows_per_text]:
-            prompt_id = library.prompt_id(stage, variant)
-            key = content_id(doc.id, start, end, prompt_id)
-            prompt = library.render(stage, variant, doc.text[start:end])
-            sampling = config.sampling.model_copy(update={"seed": derive_seed(config.sampling.seed, key)})
-            request = GenerationRequest.single_turn(key, sampling, prompt, chat=config.format == "chat")
-            yield WorkItem(request=request, provenance={
-                "source_id": doc.id, "window": [start, end], "stage": stage, "variant": variant,
-                "prompt_id": prompt_id, "prompt": prompt, "source_text": doc.text[start:end],
-            })
+    for window in prompted_windows(docs, library, config):
+        sampling = config.sampling.model_copy(update={"seed": derive_seed(config.sampling.seed, window.key)})
+        request = GenerationRequest.single_turn(window.key, sampling, window.prompt, chat=config.format == "chat")
+        yield WorkItem(request=request, provenance=window.provenance())
 
 
 class AcceptedOrRejected:

@@ -44,8 +44,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.dedup import NearDuplicateIndex, ngrams
+from data.stage_prompts.parsing import ParsedOutput, parse_completion
 from data.text import find_boxes
-from distill.parsing import ParsedOutput, parse_teacher_output
 from eval.grading import Grader
 
 MAX_ANSWER_CHARS = 200  # a longer "answer" is a box left open around prose or garbage
@@ -218,7 +218,7 @@ class Validator:
     def _check_text(self, item: CandidateOutput) -> Verdict:
         """Every check that needs no code execution; a surviving verdict has reason None."""
         config = self.config
-        parsed, failure = parse_teacher_output(item.completion)
+        parsed, failure = parse_completion(item.completion)
         if parsed is None:
             return Verdict(False, failure, None, {})
         details: dict[str, Any] = {"problem_words": count_words(parsed.problem)}

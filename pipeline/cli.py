@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth_verbs = synth.add_subparsers(dest="verb", required=True)
     train = synth_verbs.add_parser("train", help="SFT on the distill export (packing, LoRA or full; accelerate launch)")
     _add_run_args(train)
-    generate_later = synth_verbs.add_parser("generate", help="mass generation with the trained synthesizer (not built yet)")
-    _add_run_args(generate_later, config_required=False)
+    synth_generate = synth_verbs.add_parser("generate", help="the trained synthesizer writes problems from corpus "
+                                                             "texts (stage prompts; sharded, resumable)")
+    _add_run_args(synth_generate)
 
     for stage in NOT_BUILT:
         commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
@@ -224,10 +225,19 @@ def cmd_influence(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     import json
 
-    if args.verb == "generate":
-        print("mathsynth synth generate: not built yet (mass generation is a later milestone)", file=sys.stderr)
-        return EXIT_USER_ERROR
     from pipeline.config import load_config
+
+    if args.verb == "generate":
+        from data.shards import resolve_shard
+        from synth.generate import SynthGenerateConfig, run_synth_generate
+
+        config = load_config(SynthGenerateConfig, args.config, args.overrides)
+        manifest = run_synth_generate(config, resolve_shard(args.shard))
+        _report(config.output, manifest)
+        counts = manifest.get("counts", {})
+        print(f"{config.output}: {counts.get('windows', 0)} text windows, "
+              f"{sum(counts.get('parse_errors', {}).values())} records that do not parse (kept, marked parse_error)")
+        return 0
     from synth.config import SynthTrainConfig
     from synth.train import run_train
 

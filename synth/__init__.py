@@ -1,1 +1,2 @@
-"""The synth stage (not built yet: `mathsynth synth` says so and exits non-zero)."""
+"""The synth stage: train the small synthesizer (``synth train``), then mass-produce problems with it
+(``synth generate``)."""

@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from distill.prompt_library import PROMPTS_DIR, PromptLibrary, PromptLibraryError
-from distill.sampling import assign
-from distill.windows import windows
+from data.stage_prompts.assignment import assign
+from data.stage_prompts.library import PROMPTS_DIR, PromptLibrary, PromptLibraryError
+from data.stage_prompts.windows import windows
 
 STAGES = ["grade_school", "middle_school", "high_school", "college", "amc_8", "amc_10", "amc_12", "aime"]
 

@@ -6,7 +6,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from distill.parsing import parse_teacher_output
+from data.stage_prompts.parsing import parse_completion
 from distill.validation import (
     CandidateOutput,
     NearDuplicateIndex,
@@ -70,7 +70,7 @@ def check(validator: Validator, *items: CandidateOutput):
 
 def test_parse_plain_and_repeated_header():
     for text in (COT, "## Problem\n" + COT, "Sure, here it is.\n\n### problem:\n" + COT):
-        parsed, reason = parse_teacher_output(text)
+        parsed, reason = parse_completion(text)
         assert reason is None
         assert parsed.problem == PROBLEM
         assert parsed.final_answer == "4" and parsed.code is None
@@ -78,13 +78,13 @@ def test_parse_plain_and_repeated_header():
 
 @pytest.mark.parametrize("header", ["##Solution", "## Solution:", "## SOLUTION", "### solution :"])
 def test_parse_tolerates_solution_headers(header):
-    parsed, reason = parse_teacher_output(f"{PROBLEM}\n{header}\n{SOLUTION}")
+    parsed, reason = parse_completion(f"{PROBLEM}\n{header}\n{SOLUTION}")
     assert reason is None and parsed.solution == SOLUTION
 
 
 def test_parse_stops_at_a_second_problem_and_finds_code():
     text = tool_output("print(4)", "4") + "\n## Problem\nAnother one?\n\n## Solution\n\\boxed{7}"
-    parsed, _ = parse_teacher_output(text)
+    parsed, _ = parse_completion(text)
     assert parsed.final_answer == "4" and parsed.code.strip() == "print(4)"
     assert "Another" not in parsed.solution
 
@@ -95,7 +95,7 @@ def test_parse_stops_at_a_second_problem_and_finds_code():
     (PROBLEM, "no_solution"), (f"{PROBLEM}\n## Solution\n   ", "no_solution"),
 ])
 def test_parse_failures(text, reason):
-    assert parse_teacher_output(text) == (None, reason)
+    assert parse_completion(text) == (None, reason)
 
 
 # --- validation ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ teacher that keeps going and starts a second "## Problem" is cut there: only the
 counts. Headers are matched at the start of a line, in any case, with any number of ``#`` and
 an optional colon ("##Solution", "### solution:").
 
-:func:`parse_teacher_output` never raises: garbage gives ``(None, reason)`` with reason one of
+:func:`parse_completion` never raises: garbage gives ``(None, reason)`` with reason one of
 ``"empty"``, ``"no_problem"``, ``"no_solution"``.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ParsedOutput:
     code: str | None  # the last ```python block of the solution (tool variant)
 
 
-def parse_teacher_output(text: str | None) -> tuple[ParsedOutput | None, ParseFailure | None]:
+def parse_completion(text: str | None) -> tuple[ParsedOutput | None, ParseFailure | None]:
     """``(parsed, None)`` on success, ``(None, reason)`` when there is no problem/solution pair."""
     if not isinstance(text, str) or not text.strip():
         return None, "empty"
