@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +47,7 @@ from data.dedup import NearDuplicateIndex, ngrams
 from data.stage_prompts.parsing import ParsedOutput, parse_completion
 from data.text import find_boxes
 from eval.grading import Grader
+from eval.program_answers import CodeRunner, check_programs
 
 MAX_ANSWER_CHARS = 200  # a longer "answer" is a box left open around prose or garbage
 
@@ -76,10 +77,6 @@ class Verdict:
     reason: str | None
     parsed: ParsedOutput | None
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class CodeRunner(Protocol):
-    def run_many(self, codes: list[str]) -> list[Any]: ...
 
 
 # --- words -----------------------------------------------------------------------------------
@@ -261,29 +258,11 @@ class Validator:
             verdicts[i].details["code_checked"] = run
         if not run or not todo:
             return
-        results = self.sandbox.run_many([verdicts[i].parsed.code for i in todo])
-        to_grade: list[tuple[int, str]] = []
-        for i, result in zip(todo, results):
-            details = verdicts[i].details
-            details["code_status"] = result.status
-            details["code_stdout"] = result.stdout[-500:]
-            if result.status != "ok":
-                details["code_stderr"] = (result.stderr or "")[-500:]
-                verdicts[i].reason = "code_failed"
-                continue
-            lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-            details["printed_answer"] = lines[-1] if lines else None
-            if not lines:
-                verdicts[i].reason = "code_answer_mismatch"
-                continue
-            to_grade.append((i, lines[-1]))
-        if not to_grade:
-            return
         if self._grader is None:
             self._grader = Grader(workers=1)
-        pairs = [(f"\\boxed{{{verdicts[i].parsed.final_answer}}}", printed.replace("**", "^"), "expression")
-                 for i, printed in to_grade]
-        for (i, _), grade in zip(to_grade, self._grader.grade_many(pairs)):
-            verdicts[i].details["answer_grade"] = grade.reason
-            if not grade.equal:
-                verdicts[i].reason = "code_answer_mismatch"
+        checks = check_programs([verdicts[i].parsed.code for i in todo],
+                                [verdicts[i].parsed.final_answer for i in todo], self.sandbox, self._grader)
+        for i, check in zip(todo, checks):
+            verdicts[i].details.update(check.details())
+            if check.reason is not None:
+                verdicts[i].reason = check.reason

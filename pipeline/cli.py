@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth_generate = synth_verbs.add_parser("generate", help="the trained synthesizer writes problems from corpus "
                                                              "texts (stage prompts; sharded, resumable)")
     _add_run_args(synth_generate)
+    synth_filter = synth_verbs.add_parser("filter", help="format, length, decontamination, sandbox and consistency "
+                                                         "filters, then dedup across shards: the pre-training set")
+    _add_run_args(synth_filter)
 
     for stage in NOT_BUILT:
         commands.add_parser(stage, help=f"{NOT_BUILT[stage]} (not built yet)")
@@ -237,6 +240,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
         counts = manifest.get("counts", {})
         print(f"{config.output}: {counts.get('windows', 0)} text windows, "
               f"{sum(counts.get('parse_errors', {}).values())} records that do not parse (kept, marked parse_error)")
+        return 0
+    if args.verb == "filter":
+        from data.shards import resolve_shard
+        from synth.filter_run import SynthFilterConfig, run_synth_filter
+
+        config = load_config(SynthFilterConfig, args.config, args.overrides)
+        manifest = run_synth_filter(config, resolve_shard(args.shard))
+        _report(config.output, manifest)
+        if manifest.get("complete"):
+            counts = manifest.get("counts", {})
+            reasons = counts.get("rejected_by_reason", {})
+            print(f"{config.output}: kept {counts.get('kept', 0)} of {counts.get('input_records', 0)} records; "
+                  f"rejected: {', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) or 'none'}")
         return 0
     from synth.config import SynthTrainConfig
     from synth.train import run_train

@@ -127,6 +127,10 @@ def test_the_prompt_is_the_one_distill_exported_and_sampling_follows_the_variant
     assert all(r["parse_error"] == "no_solution" and r["problem"] is None for r in unparsed)
     parsed = [r for r in records if not r["parse_error"]]
     assert all(r["problem"].startswith("A collector") and r["final_answer"] == "3" and r["code"] for r in parsed)
+    for r in parsed:  # the JiuZhang3.0 pre-training text, tool data marked as code
+        header = {"cot": "## Solution", "tool": "## Code Solution"}[r["variant"]]
+        assert r["text"] == f"## Question\n{r['problem']}\n\n{header}\n{r['solution']}\n"
+    assert all(r["text"] is None for r in unparsed)
     assert all(r["source_id"].startswith("doc") and "source_text" not in r for r in records)
     assert manifest["complete"] and manifest["counts"]["parse_errors"] == {"no_solution": 3}
     assert manifest["usage"]["completion_tokens"] == 120 * 20 and manifest["usage"]["prompt_tokens"] == 40 * 50

@@ -1,0 +1,266 @@
+"""``mathsynth synth filter``: the synthesizer's records -> a pre-training-ready, decontaminated,
+deduplicated dataset. CPU work, kept off the GPU jobs of ``synth generate``.
+
+A shard's life, in two phases:
+
+1. Its input parts (part ``j`` of the generate folder goes to shard ``j mod N``), one at a time:
+   the per-record filters (:mod:`synth.filters`) in batches that keep a window's samples
+   together; survivors and rejects go to ``work/<part>.kept.jsonl`` / ``.rejected.jsonl``
+   (append-only, resumable by id), then the survivors' dedup sketch (``work/<part>.sketch/``)
+   and a ``work/<part>.done`` marker.
+2. Once every input part is marked, whichever shard sees it first (under a lock) decides exact
+   and near duplicates across ALL parts, in input order (the first copy is kept), and writes
+   every unsealed shard's ``part-*.jsonl`` (the dataset) and ``rejects-*.jsonl`` (every record
+   dropped, with ``reject_reason``; duplicates also name ``duplicate_of``), then seals them.
+   A shard that ends phase 1 earlier just returns: its outputs are written by the last one.
+
+Because the dedup order is the input order, the dataset does not depend on N, and a kill at
+any point is finished by a rerun without duplicating or losing a record.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from data.dedup import ShardSketch, merge_shards
+from data.errors import UserError
+from data.jsonl import iter_json_objects
+from data.progress import progress_bar
+from data.shards import Shard
+from data.storage import (
+    ShardWriter,
+    StageOutput,
+    StorageError,
+    atomic_write_text,
+    part_files,
+    part_stem,
+    read_json,
+)
+from synth.filters import (
+    CodeCheckFilter,
+    ConsistencyFilter,
+    DecontaminationFilter,
+    FormatFilter,
+    LengthFilter,
+    RecordFilters,
+)
+from synth.text_format import pretraining_text
+
+log = logging.getLogger(__name__)
+
+# What the pre-training dataset keeps of a generated record (the rest stays in the input folder).
+DATASET_FIELDS = ("id", "text", "problem", "solution", "final_answer", "variant", "stage", "source_id", "window",
+                  "prompt_id", "item_key", "sample_index", "model")
+
+
+class DedupFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    field: str = Field("problem", description="the text compared: problem (default) or text (problem + solution)")
+    threshold: float = Field(0.8, gt=0, le=1, description="word 5-gram Jaccard at or above which a later copy goes")
+    ngram: int = Field(5, ge=1)
+    num_perm: int = Field(128, ge=16)
+
+
+class SynthFilterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(..., min_length=1, description="a synth generate output folder (every shard sealed)")
+    output: str = Field(..., min_length=1)
+    format: FormatFilter = Field(default_factory=FormatFilter)
+    length: LengthFilter = Field(default_factory=LengthFilter)
+    decontamination: DecontaminationFilter = Field(default_factory=DecontaminationFilter)
+    code_check: CodeCheckFilter = Field(default_factory=CodeCheckFilter)
+    consistency: ConsistencyFilter = Field(default_factory=ConsistencyFilter)
+    dedup: DedupFilter = Field(default_factory=DedupFilter)
+    batch_size: int = Field(256, ge=1, description="records per filter batch (one sandbox and grader call)")
+
+
+OPERATIONAL = ("batch_size", "code_check.sandbox.workers", "code_check.sandbox.start_timeout_s")
+
+
+def input_parts(config: SynthFilterConfig) -> list[Path]:
+    folder = Path(config.input)
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        raise StorageError(f"input: {folder} is not a stage output folder (no manifest.json)")
+    if not read_json(manifest).get("complete"):
+        raise StorageError(f"input: {folder}: not every shard is sealed yet; finish synth generate first")
+    return part_files(folder)
+
+
+class WorkFiles:
+    """Phase-1 files of one input part."""
+
+    def __init__(self, output: Path, part: Path) -> None:
+        stem = part.name.split(".")[0]
+        self.folder = output / "work"
+        self.kept = self.folder / f"{stem}.kept.jsonl"
+        self.rejected = self.folder / f"{stem}.rejected.jsonl"
+        self.sketch = self.folder / f"{stem}.sketch"
+        self.done = self.folder / f"{stem}.done"
+
+
+class FilterInputError(UserError, ValueError):
+    pass
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a part file; one without an id is a one-line error naming file and line."""
+    for line_no, row in iter_json_objects(path, FilterInputError):
+        if not isinstance(row.get("id"), str):
+            raise FilterInputError(f"{path}:{line_no}: record without a string 'id'")
+        yield row
+
+
+def window_batches(records: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Batches of about ``size`` records that never split the samples of one window."""
+    batch: list[dict[str, Any]] = []
+    for record in records:
+        if len(batch) >= size and record.get("item_key") != batch[-1].get("item_key"):
+            yield batch
+            batch = []
+        batch.append(record)
+    if batch:
+        yield batch
+
+
+def filter_part(part: Path, files: WorkFiles, filters: RecordFilters, config: SynthFilterConfig) -> None:
+    """Phase 1 for one input part; a no-op when it is already marked done."""
+    if files.done.exists():
+        return
+    files.folder.mkdir(parents=True, exist_ok=True)
+    kept, rejected = ShardWriter(files.kept), ShardWriter(files.rejected)
+    try:
+        with progress_bar(f"synth filter {part.name}", unit="record") as advance:
+            for batch in window_batches(read_jsonl(part), config.batch_size):
+                # The whole batch is checked (a window's samples are judged together); only
+                # records not written by an interrupted earlier run are written.
+                if all(r["id"] in kept or r["id"] in rejected for r in batch):
+                    advance(len(batch))
+                    continue
+                for record, outcome in zip(batch, filters.check(batch)):
+                    if outcome.reason is None:
+                        kept.write(dataset_record(record))
+                    else:
+                        rejected.write({**record, "reject_reason": outcome.reason, "filter_details": outcome.details})
+                advance(len(batch))
+    finally:
+        kept.close(sync=True)
+        rejected.close(sync=True)
+    rows = list(read_jsonl(files.kept))
+    ShardSketch.compute([r["id"] for r in rows], [r.get(config.dedup.field) or "" for r in rows],
+                        num_perm=config.dedup.num_perm, ngram=config.dedup.ngram).save(files.sketch)
+    atomic_write_text(files.done, "")
+
+
+def dataset_record(record: dict[str, Any]) -> dict[str, Any]:
+    found = {name: record.get(name) for name in DATASET_FIELDS}
+    found["text"] = record.get("text") or pretraining_text(record["problem"], record["solution"], record["variant"])
+    return found
+
+
+@contextmanager
+def dedup_lock(output: Path) -> Iterator[None]:
+    with open(output / "work" / "dedup.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def duplicates(output: Path, parts: list[Path], config: SynthFilterConfig) -> dict[str, dict[str, Any]]:
+    """Every dropped duplicate by id, decided once over all parts in input order and saved, so
+    every shard (and a rerun) writes from the same decision."""
+    saved = output / "work" / "duplicates.jsonl"
+    if saved.exists():
+        return {row["id"]: row for row in read_jsonl(saved)}
+    dropped: dict[str, dict[str, Any]] = {}
+    if config.dedup.enabled:
+        started = time.monotonic()
+        sketches = [ShardSketch.load(WorkFiles(output, part).sketch) for part in parts]
+        decisions = merge_shards(sketches, threshold=config.dedup.threshold)
+        for i in range(len(decisions)):
+            if not decisions.keep[i]:
+                d = decisions[i]
+                dropped[d.id] = {"id": d.id, "reject_reason": d.reason, "duplicate_of": d.duplicate_of,
+                                 "jaccard": round(d.jaccard, 4)}
+        log.info("dedup over %d records: %d duplicates (%.1fs)", len(decisions), len(dropped),
+                 time.monotonic() - started)
+    atomic_write_text(saved, "".join(json.dumps(row) + "\n" for row in dropped.values()))
+    return dropped
+
+
+def write_shard(output: StageOutput, shard: Shard, parts: list[Path], dropped: dict[str, dict[str, Any]],
+                seconds: float) -> dict[str, Any]:
+    """Phase 2 for one shard: its dataset part and rejects, then the seal."""
+    writer = output.open_shard(shard)
+    rejects = ShardWriter(output.folder / f"rejects-{part_stem(shard)[len('part-'):]}.jsonl")
+    by_reason: dict[str, int] = {}
+    considered = 0
+    try:
+        for part in parts:
+            files = WorkFiles(output.folder, part)
+            for record in read_jsonl(files.rejected):
+                considered += 1
+                by_reason[record["reject_reason"]] = by_reason.get(record["reject_reason"], 0) + 1
+                rejects.write(record)
+            for record in read_jsonl(files.kept):
+                considered += 1
+                duplicate = dropped.get(record["id"])
+                if duplicate is None:
+                    writer.write(record)
+                else:
+                    by_reason[duplicate["reject_reason"]] = by_reason.get(duplicate["reject_reason"], 0) + 1
+                    rejects.write({**record, **duplicate})
+    finally:
+        rejects.close(sync=True)
+    return output.finish_shard(shard, writer, {
+        "input_records": considered, "kept": len(writer), "rejected": len(rejects),
+        "rejected_by_reason": by_reason, "seconds": seconds,
+    })
+
+
+def run_synth_filter(config: SynthFilterConfig, shard: Shard) -> dict[str, Any]:
+    parts = input_parts(config)
+    output = StageOutput(config.output, stage="synth_filter", config=config.model_dump(mode="json"),
+                         inputs=[config.input], num_shards=shard.count, operational=OPERATIONAL)
+    if output.is_done(shard):
+        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
+        return output.refresh_manifest()
+    started = time.monotonic()
+    mine = [part for j, part in enumerate(parts) if j % shard.count == shard.index]
+    filters = RecordFilters(config.format, config.length, config.decontamination, config.code_check,
+                            config.consistency)
+    try:
+        for part in mine:
+            filter_part(part, WorkFiles(output.folder, part), filters, config)
+    finally:
+        filters.close()
+    seconds = time.monotonic() - started
+    waiting = [part.name for part in parts if not WorkFiles(output.folder, part).done.exists()]
+    if waiting:
+        log.info("shard %s filtered; %d input part(s) still being filtered by other shards (%s ...); "
+                 "the last shard to finish dedups across all of them and writes the dataset",
+                 shard, len(waiting), waiting[0])
+        return output.refresh_manifest()
+    with dedup_lock(output.folder):
+        dropped = duplicates(output.folder, parts, config)
+        for index in range(shard.count):
+            other = Shard(index, shard.count)
+            if not output.is_done(other):
+                owned = [part for j, part in enumerate(parts) if j % shard.count == index]
+                write_shard(output, other, owned, dropped, seconds if other == shard else 0.0)
+    manifest = output.refresh_manifest()
+    counts = manifest.get("counts", {})
+    log.info("%s: %d of %d records kept", config.output, counts.get("kept", 0), counts.get("input_records", 0))
+    return manifest

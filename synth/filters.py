@@ -1,0 +1,251 @@
+"""The per-record filters of ``synth filter``: each optional, each with stable reject reasons.
+
+They run on a batch of the synthesizer's records in this order; a record's first failing check
+names its reason, and later checks skip it (so the sandbox never runs a program whose problem is
+contaminated or malformed):
+
+``format``           ``empty`` / ``no_problem`` / ``no_solution`` (the completion does not parse
+                     into a problem and a solution; or the problem holds a code block or a box, so a
+                     solution leaked into it); ``truncated`` (generation hit ``max_tokens``);
+                     ``no_boxed_answer`` (no complete ``\\boxed{}``, or one that is not an answer:
+                     several lines, a code fence, over ``max_answer_chars``); ``no_code`` (tool
+                     variant without a python block).
+``length``           ``problem_too_short`` / ``problem_too_long`` / ``solution_too_short`` /
+                     ``solution_too_long``: words (whitespace tokens holding a letter or digit).
+``decontamination``  ``contaminated``: the problem or the solution shares a word 13-gram with a
+                     shipped benchmark test set (:class:`data.decontamination.Decontaminator`).
+``code_check``       ``code_failed`` / ``code_answer_mismatch``: the tool solution's program is run
+                     in the sandbox and must print its boxed answer (:mod:`eval.program_answers`).
+``consistency``      ``inconsistent``: samples of one text window that pose the same problem
+                     (word 5-gram Jaccard >= ``same_problem_jaccard``) must agree on its answer
+                     (eval's grader); a sample outside a strict majority of its group is dropped,
+                     a group with no strict majority is dropped whole. A problem posed once has
+                     nothing to agree with and passes (counted as ``single``). The synthesizer
+                     writes a new problem per sample at temperature 1.0, so this mostly bites on
+                     the tool variant (temperature 0.1) and with ``n`` > 1.
+
+Cross-shard exact and near-duplicate removal is not here: it needs every shard, and runs once
+they are all filtered (``synth.filter_run``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from data.decontamination import Decontaminator
+from data.dedup import jaccard, shingle_texts
+from data.text import find_boxes
+
+REASON_ORDER = ("empty", "no_problem", "no_solution", "truncated", "no_boxed_answer", "no_code",
+                "problem_too_short", "problem_too_long", "solution_too_short", "solution_too_long",
+                "contaminated", "code_failed", "code_answer_mismatch", "inconsistent")
+
+
+class FormatFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    reject_truncated: bool = Field(True, description="drop completions cut by max_tokens")
+    max_answer_chars: int = Field(200, ge=1, description="a longer 'answer' is a box left open around prose")
+
+
+class LengthFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    problem_words: tuple[int, int] = (8, 1000)
+    solution_words: tuple[int, int] = (10, 3000)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("problem_words", "solution_words"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} must be [min, max] with 0 <= min <= max")
+        return self
+
+
+class DecontaminationFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    benchmarks: list[str] | None = Field(None, description="registry names; default: every shipped test set")
+    ngram: int = Field(13, ge=4)
+    fields: tuple[str, ...] = ("problem", "solution")
+
+
+class CodeCheckFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
+
+
+class ConsistencyFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    same_problem_jaccard: float = Field(0.8, gt=0, le=1)
+
+
+@dataclass
+class Outcome:
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def count_words(text: str) -> int:
+    """Whitespace tokens that hold a letter or digit ("$x+1=3$" is one word, "--" none)."""
+    return sum(1 for token in text.split() if any(c.isalnum() for c in token))
+
+
+def format_reason(record: dict[str, Any], config: FormatFilter) -> str | None:
+    if record.get("parse_error"):
+        return record["parse_error"]
+    if record.get("problem") is None or record.get("solution") is None:
+        return "no_solution"
+    if "```" in record["problem"] or find_boxes(record["problem"]):
+        return "no_problem"
+    if config.reject_truncated and record.get("finish_reason") == "length":
+        return "truncated"
+    answer = record.get("final_answer")
+    if answer is None or "\n" in answer or "```" in answer or len(answer) > config.max_answer_chars:
+        return "no_boxed_answer"
+    if record.get("variant") == "tool" and not record.get("code"):
+        return "no_code"
+    return None
+
+
+def length_reason(record: dict[str, Any], config: LengthFilter, details: dict[str, Any]) -> str | None:
+    for name, bounds in (("problem", config.problem_words), ("solution", config.solution_words)):
+        words = count_words(record.get(name) or "")
+        details[f"{name}_words"] = words
+        if words < bounds[0]:
+            return f"{name}_too_short"
+        if words > bounds[1]:
+            return f"{name}_too_long"
+    return None
+
+
+class RecordFilters:
+    """The configured per-record filters, with what they need (a decontamination index, a sandbox,
+    a grader) built once and closed by :meth:`close`."""
+
+    def __init__(self, format: FormatFilter, length: LengthFilter, decontamination: DecontaminationFilter,
+                 code_check: CodeCheckFilter, consistency: ConsistencyFilter) -> None:
+        self.format, self.length, self.decontamination = format, length, decontamination
+        self.code_check, self.consistency = code_check, consistency
+        self.decontaminator = (Decontaminator.from_benchmarks(decontamination.benchmarks, decontamination.ngram)
+                               if decontamination.enabled else None)
+        self._sandbox = None
+        self._grader = None
+
+    @property
+    def sandbox(self):
+        if self._sandbox is None:
+            from eval.sandbox import Sandbox, SandboxConfig
+
+            self._sandbox = Sandbox(SandboxConfig(**self.code_check.sandbox))
+        return self._sandbox
+
+    @property
+    def grader(self):
+        if self._grader is None:
+            from eval.grading import Grader
+
+            self._grader = Grader(workers=1)
+        return self._grader
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+        if self._grader is not None:
+            self._grader.close()
+        self._sandbox = self._grader = None
+
+    def check(self, records: Sequence[dict[str, Any]]) -> list[Outcome]:
+        """One outcome per record, in order. ``records`` must hold every sample of a window
+        together (the consistency check compares them)."""
+        outcomes = [Outcome() for _ in records]
+        for record, outcome in zip(records, outcomes):
+            if self.format.enabled:
+                outcome.reason = format_reason(record, self.format)
+            elif record.get("problem") is None:
+                outcome.reason = record.get("parse_error") or "no_solution"  # nothing to filter further
+            if outcome.reason is None and self.length.enabled:
+                outcome.reason = length_reason(record, self.length, outcome.details)
+        if self.decontaminator is not None:
+            self._decontaminate(records, outcomes)
+        if self.code_check.enabled:
+            self._run_programs(records, outcomes)
+        if self.consistency.enabled:
+            self._check_consistency(records, outcomes)
+        return outcomes
+
+    def _decontaminate(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
+        live = [i for i, o in enumerate(outcomes) if o.reason is None]
+        for name in self.decontamination.fields:
+            found = self.decontaminator.check_many([records[i].get(name) or "" for i in live])
+            for i, hit in zip(live, found):
+                if hit.contaminated and outcomes[i].reason is None:
+                    outcomes[i].reason = "contaminated"
+                    outcomes[i].details["contamination"] = {"field": name, "benchmark": hit.benchmark,
+                                                            "record_id": hit.record_id, "ngram": hit.ngram}
+
+    def _run_programs(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
+        from eval.program_answers import check_programs
+
+        todo = [i for i, o in enumerate(outcomes)
+                if o.reason is None and records[i].get("variant") == "tool" and records[i].get("code")]
+        if not todo:
+            return
+        checks = check_programs([records[i]["code"] for i in todo], [records[i]["final_answer"] for i in todo],
+                                self.sandbox, self.grader)
+        for i, check in zip(todo, checks):
+            outcomes[i].details.update(check.details())
+            outcomes[i].reason = check.reason
+
+    def _check_consistency(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
+        by_window: dict[str, list[int]] = {}
+        for i, outcome in enumerate(outcomes):
+            if outcome.reason is None:
+                by_window.setdefault(records[i].get("item_key") or records[i]["id"], []).append(i)
+        groups = [group for members in by_window.values() for group in self._same_problem(records, members)]
+        pairs, owners = [], []
+        for group in groups:
+            for a in range(len(group)):
+                for b in range(a + 1, len(group)):
+                    pairs.append((f"\\boxed{{{records[group[a]]['final_answer']}}}",
+                                  f"\\boxed{{{records[group[b]]['final_answer']}}}", "expression"))
+                    owners.append((group[a], group[b]))
+        equal = {owner: bool(v.equal) for owner, v in zip(owners, self.grader.grade_many(pairs))} if pairs else {}
+        for group in groups:
+            if len(group) == 1:
+                outcomes[group[0]].details["consistency"] = "single"
+                continue
+            agree = {i: 1 + sum(equal.get((min(i, j), max(i, j)), False) for j in group if j != i) for i in group}
+            best = max(agree.values())
+            majority = 2 * best > len(group)
+            for i in group:
+                outcomes[i].details["consistency"] = {"group": len(group), "agree": agree[i]}
+                if not (majority and agree[i] == best):
+                    outcomes[i].reason = "inconsistent"
+
+    def _same_problem(self, records: Sequence[dict[str, Any]], members: list[int]) -> list[list[int]]:
+        """Samples of one window grouped by problem text (greedy, in sample order)."""
+        if len(members) == 1:
+            return [members]
+        shingles = shingle_texts([records[i]["problem"] for i in members])
+        groups: list[list[int]] = []
+        heads: list[int] = []  # position in ``members`` of each group's first sample
+        for position, i in enumerate(members):
+            for group, head in zip(groups, heads):
+                if jaccard(shingles[position], shingles[head]) >= self.consistency.same_problem_jaccard:
+                    group.append(i)
+                    break
+            else:
+                groups.append([i])
+                heads.append(position)
+        return groups

@@ -1,0 +1,276 @@
+"""`mathsynth synth filter`: per-record filters on crafted cases, cross-shard dedup, the output
+formats, resume after kill -9, and N shards giving the dataset of one."""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import kill_when_written
+
+from data.benchmarks.registry import load_benchmark
+from data.shards import Shard
+from data.storage import StageOutput
+from synth.filter_run import SynthFilterConfig, run_synth_filter
+from synth.filters import (
+    CodeCheckFilter,
+    ConsistencyFilter,
+    DecontaminationFilter,
+    FormatFilter,
+    LengthFilter,
+    RecordFilters,
+)
+from synth.text_format import pretraining_text
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MATHSYNTH_LOG_LEVEL": "WARNING"}
+WORDS = ("apple river copper lantern meadow violin harbor pepper glacier saddle orchid marble canyon thimble falcon "
+         "velvet quarry ribbon walnut beacon tunnel cobalt prairie kettle lemon anchor summit pebble cedar mosaic "
+         "window garden silver bridge forest candle rocket spider castle pirate jungle wizard").split()
+SANDBOX = {"workers": 1, "wall_timeout_s": 5}
+
+
+def problem_text(seed: str) -> str:
+    words = " ".join(random.Random(seed).sample(WORDS, 14))
+    return f"A collector sorts {words} into boxes of 4. How many boxes hold 12 items?"
+
+
+def record(key: str, index: int = 0, *, problem: str | None = None, answer: str = "3", variant: str = "cot",
+           code: str | None = None, finish_reason: str = "stop", **extra) -> dict:
+    """A synth generate record with a well-formed problem and solution unless told otherwise."""
+    problem = problem if problem is not None else problem_text(key)
+    solution = ("We divide the number of items by the capacity of one box, because every box is filled "
+                "completely before the next one is started.")
+    if variant == "tool":
+        code = code if code is not None else f"print(12 // 4 if {answer!r} == '3' else {answer})"
+        solution += f"\n```python\n{code}\n```\n"
+    solution += f" So the answer is $\\boxed{{{answer}}}$."
+    found = {
+        "id": f"{key}-{index}", "item_key": key, "source_id": f"doc-{key}", "window": [0, 100], "stage": "college",
+        "variant": variant, "prompt_id": "p1", "sample_index": index, "completion": f"{problem}\n\n## Solution\n{solution}",
+        "finish_reason": finish_reason, "model": "synth", "problem": problem, "solution": solution,
+        "final_answer": answer, "code": code if variant == "tool" else None, "parse_error": None,
+        "text": pretraining_text(problem, solution, variant),
+    }
+    return {**found, **extra}
+
+
+def make_generated(folder: Path, parts: list[list[dict]]) -> Path:
+    """A sealed synth generate folder with these records in its parts."""
+    output = StageOutput(folder, stage="synth_generate", config={"made_by": "test"}, num_shards=len(parts))
+    for index, rows in enumerate(parts):
+        shard = Shard(index, len(parts))
+        writer = output.open_shard(shard)
+        for row in rows:
+            writer.write(row)
+        output.finish_shard(shard, writer, {})
+    return folder
+
+
+def filters(**overrides) -> RecordFilters:
+    settings = {"format": FormatFilter(), "length": LengthFilter(), "decontamination": DecontaminationFilter(),
+                "code_check": CodeCheckFilter(sandbox=SANDBOX), "consistency": ConsistencyFilter(enabled=True)}
+    return RecordFilters(**{**settings, **overrides})
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def dataset(folder: Path) -> list[dict]:
+    return [row for part in sorted(folder.glob("part-*.jsonl")) for row in read_rows(part)]
+
+
+def rejects(folder: Path) -> list[dict]:
+    return [row for part in sorted(folder.glob("rejects-*.jsonl")) for row in read_rows(part)]
+
+
+def test_crafted_records_get_the_reason_of_their_first_failing_filter():
+    gsm8k = next(iter(load_benchmark("gsm8k"))).question
+    cases = {
+        "clean": record("clean"),
+        "contaminated": record("contaminated", problem=f"Here is a question for you. {gsm8k}"),
+        "contaminated_solution": record("sol"),
+        "tool_ok": record("tool_ok", variant="tool"),
+        "tool_mismatch": record("tool_mismatch", variant="tool", code="print(12 // 3)"),
+        "tool_fails": record("tool_fails", variant="tool", code="raise SystemExit(3)"),
+        "tool_no_code": record("tool_no_code", variant="tool", code=None) | {"code": None},
+        "no_box": record("no_box") | {"final_answer": None},
+        "truncated": record("truncated", finish_reason="length"),
+        "unparsed": record("unparsed") | {"problem": None, "solution": None, "parse_error": "no_solution"},
+        "leaked": record("leaked", problem="What is 1+2? \\boxed{3} is what we want, since it is asked here."),
+        "short": record("short", problem="What is 12 / 4?"),
+    }
+    cases["contaminated_solution"]["solution"] = f"Recall: {gsm8k} " + cases["contaminated_solution"]["solution"]
+    expected = {
+        "clean": None, "contaminated": "contaminated", "contaminated_solution": "contaminated", "tool_ok": None,
+        "tool_mismatch": "code_answer_mismatch", "tool_fails": "code_failed", "tool_no_code": "no_code",
+        "no_box": "no_boxed_answer", "truncated": "truncated", "unparsed": "no_solution", "leaked": "no_problem",
+        "short": "problem_too_short",
+    }
+    checker = filters()
+    try:
+        outcomes = checker.check(list(cases.values()))
+    finally:
+        checker.close()
+    got = {name: outcome.reason for name, outcome in zip(cases, outcomes)}
+    assert got == expected
+    details = dict(zip(cases, outcomes))
+    assert details["contaminated"].details["contamination"]["record_id"] == "gsm8k/test/0"
+    assert details["contaminated_solution"].details["contamination"]["field"] == "solution"
+    assert details["tool_mismatch"].details["printed_answer"] == "4"
+    assert details["tool_ok"].details["printed_answer"] == "3"
+
+
+def test_every_filter_can_be_turned_off():
+    gsm8k = next(iter(load_benchmark("gsm8k"))).question
+    rows = [record("contaminated", problem=f"Here is a question for you. {gsm8k}"),
+            record("tool_mismatch", variant="tool", code="print(12 // 3)"),
+            record("short", problem="What is 12 / 4?"), record("truncated", finish_reason="length")]
+    checker = filters(format=FormatFilter(enabled=False), length=LengthFilter(enabled=False),
+                      decontamination=DecontaminationFilter(enabled=False),
+                      code_check=CodeCheckFilter(enabled=False), consistency=ConsistencyFilter(enabled=False))
+    assert [o.reason for o in checker.check(rows)] == [None] * 4
+    assert checker._sandbox is None and checker._grader is None  # nothing started that is not used
+    # A completion that does not parse has nothing to filter on, with or without the format filter.
+    unparsed = record("u") | {"problem": None, "solution": None, "parse_error": "empty"}
+    assert checker.check([unparsed])[0].reason == "empty"
+
+
+def test_samples_posing_the_same_problem_must_agree_on_its_answer():
+    same = problem_text("shared")
+    rows = [record("w1", 0, problem=same, answer="3"), record("w1", 1, problem=same, answer="3.0"),
+            record("w1", 2, problem=same, answer="4"),
+            record("w1", 3, problem=problem_text("other"), answer="7"),  # a different problem: alone
+            record("w2", 0, problem=same, answer="5"), record("w2", 1, problem=same, answer="6")]  # no majority
+    checker = filters(decontamination=DecontaminationFilter(enabled=False))
+    try:
+        outcomes = checker.check(rows)
+    finally:
+        checker.close()
+    assert [o.reason for o in outcomes] == [None, None, "inconsistent", None, "inconsistent", "inconsistent"]
+    assert outcomes[0].details["consistency"] == {"group": 3, "agree": 2}
+    assert outcomes[3].details["consistency"] == "single"
+
+
+def planted_parts() -> tuple[list[list[dict]], dict]:
+    """Three generate parts with planted duplicates across and within them, and a contaminated
+    and a broken tool record; returns the parts and what should be dropped, by id and reason."""
+    gsm8k = next(iter(load_benchmark("gsm8k"))).question
+    parts = [[record(f"a{i}", variant="tool" if i % 3 == 0 else "cot") for i in range(12)],
+             [record(f"b{i}", variant="tool" if i % 3 == 0 else "cot") for i in range(12)],
+             [record(f"c{i}") for i in range(12)]]
+    near = problem_text("a1") + " Explain."
+    parts[1][4] = record("b4", problem=problem_text("a1"))  # exact copy of a problem in part 0
+    parts[2][5] = record("c5", problem=near)  # near copy of a problem in part 0
+    parts[2][7] = record("c7", problem=problem_text("b2"))  # exact copy across parts 1 -> 2
+    parts[0][9] = record("a9", problem=problem_text("a2") + " Answer in boxes.")  # near copy within part 0
+    parts[1][8] = record("b8", problem=f"Consider this. {gsm8k}")
+    parts[2][2] = record("c2", variant="tool", code="print(5)")
+    dropped = {"b4-0": "exact_duplicate", "c5-0": "near_duplicate", "c7-0": "exact_duplicate",
+               "a9-0": "near_duplicate", "b8-0": "contaminated", "c2-0": "code_answer_mismatch"}
+    return parts, dropped
+
+
+def filter_config(tmp_path: Path, generated: Path, output: str, **extra) -> SynthFilterConfig:
+    return SynthFilterConfig.model_validate({"input": str(generated), "output": str(tmp_path / output),
+                                             "code_check": {"sandbox": SANDBOX}, "batch_size": 5, **extra})
+
+
+def test_the_stage_removes_planted_duplicates_across_shards_and_keeps_every_reject(tmp_path):
+    parts, dropped = planted_parts()
+    generated = make_generated(tmp_path / "generated", parts)
+    manifest = run_synth_filter(filter_config(tmp_path, generated, "filtered"), Shard(0, 1))
+
+    kept, rejected = dataset(tmp_path / "filtered"), rejects(tmp_path / "filtered")
+    assert {r["id"]: r["reject_reason"] for r in rejected} == dropped
+    assert len(kept) + len(rejected) == 36 and not {r["id"] for r in kept} & set(dropped)
+    duplicates = {r["id"]: r["duplicate_of"] for r in rejected if r["reject_reason"].endswith("duplicate")}
+    assert duplicates == {"b4-0": "a1-0", "c5-0": "a1-0", "c7-0": "b2-0", "a9-0": "a2-0"}  # the first copy stays
+    assert manifest["complete"] and manifest["counts"]["kept"] == 30
+    assert manifest["counts"]["rejected_by_reason"] == {
+        "exact_duplicate": 2, "near_duplicate": 2, "contaminated": 1, "code_answer_mismatch": 1}
+    assert manifest["counts"]["input_records"] == 36 and manifest["counts"]["rejected"] == 6
+
+    # The JiuZhang3.0 text, and the records trace back to their source and prompt.
+    tool = next(r for r in kept if r["variant"] == "tool")
+    assert tool["text"].startswith("## Question\n") and "\n\n## Code Solution\n" in tool["text"]
+    cot = next(r for r in kept if r["variant"] == "cot")
+    assert cot["text"] == f"## Question\n{cot['problem']}\n\n## Solution\n{cot['solution']}\n"
+    assert all(r["source_id"] and r["prompt_id"] and r["item_key"] for r in kept)
+
+    from datasets import load_dataset
+
+    loaded = load_dataset("json", data_files=[str(p) for p in sorted((tmp_path / "filtered").glob("part-*.jsonl"))],
+                          split="train")
+    assert sorted(loaded["id"]) == sorted(r["id"] for r in kept)
+
+    # A rerun of a finished folder is a no-op.
+    before = {p.name: p.read_bytes() for p in (tmp_path / "filtered").glob("*.jsonl")}
+    run_synth_filter(filter_config(tmp_path, generated, "filtered"), Shard(0, 1))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "filtered").glob("*.jsonl")} == before
+
+
+def test_two_shards_as_two_processes_give_the_dataset_of_one(tmp_path):
+    parts, _ = planted_parts()
+    generated = make_generated(tmp_path / "generated", parts)
+    run_synth_filter(filter_config(tmp_path, generated, "one"), Shard(0, 1))
+    config = tmp_path / "two.yaml"
+    config.write_text(json.dumps(filter_config(tmp_path, generated, "two").model_dump(mode="json")))
+    processes = [subprocess.Popen([sys.executable, "-m", "synth", "filter", "--config", str(config), "--shard", f"{i}/2"],
+                                  env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["shards_done"] == [0, 1]
+
+    def by_id(rows):
+        return {r["id"]: r for r in rows}
+
+    assert by_id(dataset(tmp_path / "two")) == by_id(dataset(tmp_path / "one"))
+    assert {r["id"]: r["reject_reason"] for r in rejects(tmp_path / "two")} == \
+           {r["id"]: r["reject_reason"] for r in rejects(tmp_path / "one")}
+
+
+def test_kill_9_mid_filter_then_rerun_finishes_with_nothing_lost_or_doubled(tmp_path):
+    parts = [[record(f"k{p}-{i}", variant="tool") for i in range(150)] for p in range(2)]
+    generated = make_generated(tmp_path / "generated", parts)
+    run_synth_filter(filter_config(tmp_path, generated, "clean"), Shard(0, 1))
+    config = tmp_path / "kill.yaml"
+    config.write_text(json.dumps(filter_config(tmp_path, generated, "killed").model_dump(mode="json")))
+    command = [sys.executable, "-m", "synth", "filter", "--config", str(config)]
+    work = tmp_path / "killed" / "work" / "part-00000-of-00002.kept.jsonl"
+    written = kill_when_written(command, work, at_least=10, env=ENV)
+    assert 10 <= written < 150  # killed mid-part
+    assert not list((tmp_path / "killed").glob("part-*.done"))
+    finished = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    killed, clean = dataset(tmp_path / "killed"), dataset(tmp_path / "clean")
+    assert len(killed) == len({r["id"] for r in killed}) == 300
+    assert killed == clean
+
+
+def test_bad_input_is_a_one_line_error_naming_file_and_line(tmp_path):
+    generated = make_generated(tmp_path / "generated", [[record("x0"), record("x1")]])
+    part = tmp_path / "generated" / "part-00000-of-00001.jsonl"
+    part.write_text(part.read_text() + "{not json\n")
+    config = tmp_path / "bad.yaml"
+    config.write_text(json.dumps({"input": str(generated), "output": str(tmp_path / "out")}))
+    result = subprocess.run([sys.executable, "-m", "synth", "filter", "--config", str(config)],
+                            env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{part}:3: malformed JSON" in last and "Traceback" not in result.stderr
+
+    unfinished = tmp_path / "unfinished"
+    StageOutput(unfinished, stage="synth_generate", config={}, num_shards=2)
+    with pytest.raises(Exception, match="not every shard is sealed"):
+        run_synth_filter(filter_config(tmp_path, unfinished, "out2"), Shard(0, 1))
+    with pytest.raises(Exception, match="bad2.yaml: length: problem_words must be"):
+        from pipeline.config import load_config
+
+        bad = tmp_path / "bad2.yaml"
+        bad.write_text(json.dumps({"input": str(generated), "output": "x", "length": {"problem_words": [9, 2]}}))
+        load_config(SynthFilterConfig, str(bad), [])
