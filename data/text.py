@@ -65,3 +65,13 @@ def last_code_block(text: str) -> str | None:
     """The code of the last ```python block, or None."""
     blocks = CODE_BLOCK.findall(text)
     return blocks[-1] if blocks else None
+
+
+# A whitespace-delimited token holding at least one letter or digit, matched whole: the greedy
+# ``\S*`` on each side takes the rest of the token, so each such token matches exactly once.
+_WORD_RE = re.compile(r"\S*[^\W_]\S*")
+
+
+def count_words(text: str) -> int:
+    """Whitespace tokens that hold a letter or digit ("$x+1=3$" is one word, "--" none)."""
+    return len(_WORD_RE.findall(text))

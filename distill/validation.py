@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.dedup import NearDuplicateIndex, ngrams
 from data.stage_prompts.parsing import ParsedOutput, parse_completion
-from data.text import find_boxes
+from data.text import count_words, find_boxes
 from eval.grading import Grader
 from eval.program_answers import CodeRunner, check_programs
 
@@ -82,11 +82,6 @@ class Verdict:
 # --- words -----------------------------------------------------------------------------------
 
 _TOKEN = re.compile(r"[^\W_]+")
-
-
-def count_words(text: str) -> int:
-    """Whitespace tokens that hold a letter or digit ("$x+1=3$" is one word, "--" none)."""
-    return sum(1 for token in text.split() if any(c.isalnum() for c in token))
 
 
 def tokens(text: str) -> list[str]:

@@ -240,7 +240,7 @@ def run_synth_filter(config: SynthFilterConfig, shard: Shard) -> dict[str, Any]:
     started = time.monotonic()
     mine = [part for j, part in enumerate(parts) if j % shard.count == shard.index]
     filters = RecordFilters(config.format, config.length, config.decontamination, config.code_check,
-                            config.consistency)
+                            config.consistency, cache_dir=output.folder / "work")
     try:
         for part in mine:
             filter_part(part, WorkFiles(output.folder, part), filters, config)

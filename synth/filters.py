@@ -13,7 +13,9 @@ contaminated or malformed):
 ``length``           ``problem_too_short`` / ``problem_too_long`` / ``solution_too_short`` /
                      ``solution_too_long``: words (whitespace tokens holding a letter or digit).
 ``decontamination``  ``contaminated``: the problem or the solution shares a word 13-gram with a
-                     shipped benchmark test set (:class:`data.decontamination.Decontaminator`).
+                     shipped benchmark test set (:class:`data.decontamination.Decontaminator`);
+                     with ``embedding.enabled``, also a problem whose embedding has cosine >=
+                     ``embedding.threshold`` with a benchmark question (:mod:`synth.embedding_match`).
 ``code_check``       ``code_failed`` / ``code_answer_mismatch``: the tool solution's program is run
                      in the sandbox and must print its boxed answer (:mod:`eval.program_answers`).
 ``consistency``      ``inconsistent``: samples of one text window that pose the same problem
@@ -30,13 +32,15 @@ they are all filtered (``synth.filter_run``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.decontamination import Decontaminator
 from data.dedup import jaccard, shingle_texts
-from data.text import find_boxes
+from data.text import count_words, find_boxes
+from synth.embedding_match import BenchmarkEmbeddings, EmbeddingCheck
 
 REASON_ORDER = ("empty", "no_problem", "no_solution", "truncated", "no_boxed_answer", "no_code",
                 "problem_too_short", "problem_too_long", "solution_too_short", "solution_too_long",
@@ -74,6 +78,7 @@ class DecontaminationFilter(BaseModel):
     benchmarks: list[str] | None = Field(None, description="registry names; default: every shipped test set")
     ngram: int = Field(13, ge=4)
     fields: tuple[str, ...] = ("problem", "solution")
+    embedding: EmbeddingCheck = Field(default_factory=EmbeddingCheck)
 
 
 class CodeCheckFilter(BaseModel):
@@ -94,11 +99,6 @@ class ConsistencyFilter(BaseModel):
 class Outcome:
     reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def count_words(text: str) -> int:
-    """Whitespace tokens that hold a letter or digit ("$x+1=3$" is one word, "--" none)."""
-    return sum(1 for token in text.split() if any(c.isalnum() for c in token))
 
 
 def format_reason(record: dict[str, Any], config: FormatFilter) -> str | None:
@@ -134,11 +134,17 @@ class RecordFilters:
     a grader) built once and closed by :meth:`close`."""
 
     def __init__(self, format: FormatFilter, length: LengthFilter, decontamination: DecontaminationFilter,
-                 code_check: CodeCheckFilter, consistency: ConsistencyFilter) -> None:
+                 code_check: CodeCheckFilter, consistency: ConsistencyFilter, *, cache_dir: Path | None = None
+                 ) -> None:
+        """``cache_dir``: where the benchmark embeddings are kept (only with ``embedding.enabled``)."""
         self.format, self.length, self.decontamination = format, length, decontamination
         self.code_check, self.consistency = code_check, consistency
         self.decontaminator = (Decontaminator.from_benchmarks(decontamination.benchmarks, decontamination.ngram)
                                if decontamination.enabled else None)
+        self.embeddings = None
+        if decontamination.enabled and decontamination.embedding.enabled:
+            self.embeddings = BenchmarkEmbeddings(decontamination.embedding, decontamination.benchmarks,
+                                                  cache_dir or Path(".cache"))
         self._sandbox = None
         self._grader = None
 
@@ -193,6 +199,15 @@ class RecordFilters:
                     outcomes[i].reason = "contaminated"
                     outcomes[i].details["contamination"] = {"field": name, "benchmark": hit.benchmark,
                                                             "record_id": hit.record_id, "ngram": hit.ngram}
+        if self.embeddings is not None:
+            live = [i for i in live if outcomes[i].reason is None]
+            threshold = self.decontamination.embedding.threshold
+            for i, match in zip(live, self.embeddings.nearest([records[i]["problem"] for i in live])):
+                outcomes[i].details["benchmark_cosine"] = round(match.cosine, 4)
+                if match.cosine >= threshold:
+                    outcomes[i].reason = "contaminated"
+                    outcomes[i].details["contamination"] = {"field": "problem", "benchmark": match.benchmark,
+                                                            "record_id": match.record_id, "cosine": round(match.cosine, 4)}
 
     def _run_programs(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
         from eval.program_answers import check_programs

@@ -274,3 +274,29 @@ def test_bad_input_is_a_one_line_error_naming_file_and_line(tmp_path):
         bad = tmp_path / "bad2.yaml"
         bad.write_text(json.dumps({"input": str(generated), "output": "x", "length": {"problem_words": [9, 2]}}))
         load_config(SynthFilterConfig, str(bad), [])
+
+
+def test_embedding_similarity_catches_a_short_benchmark_question_the_ngram_check_cannot(tiny_model, tmp_path):
+    short = next(r for r in load_benchmark("math500") if r.id == "math500/test/31").question  # "Simplify $\sqrt{242}$."
+    rows = [record("copied", problem=short), record("clean")]
+    decontamination = {"benchmarks": ["math500"], "embedding": {"enabled": True, "model": str(tiny_model),
+                                                                  "threshold": 0.9999, "max_length": 64}}
+    checker = RecordFilters(FormatFilter(), LengthFilter(enabled=False),
+                            DecontaminationFilter.model_validate(decontamination), CodeCheckFilter(enabled=False),
+                            ConsistencyFilter(), cache_dir=tmp_path)
+    assert checker.decontaminator.check(short).contaminated is False  # too short for the n-gram check
+    outcomes = checker.check(rows)
+    assert outcomes[0].reason == "contaminated"
+    assert outcomes[0].details["contamination"]["record_id"] == "math500/test/31"
+    assert outcomes[0].details["contamination"]["cosine"] >= 0.9999
+    assert outcomes[1].reason is None and outcomes[1].details["benchmark_cosine"] < 0.9999
+    assert len(list(tmp_path.glob("benchmark-embeddings-*.npy"))) == 1  # computed once, reused by every shard
+    with pytest.raises(ValueError, match="model: give a checkpoint folder"):
+        DecontaminationFilter.model_validate({"embedding": {"enabled": True}})
+
+
+def test_the_example_config_is_valid():
+    from pipeline.config import load_config
+
+    config = load_config(SynthFilterConfig, str(Path(__file__).parents[1] / "configs" / "synth-filter-example.yaml"), [])
+    assert config.dedup.enabled and config.decontamination.ngram == 13 and not config.consistency.enabled
