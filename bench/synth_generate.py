@@ -227,8 +227,8 @@ def main() -> None:
           f"replays after vLLM is shut down, best of {args.replay_rounds}")
     print(f"same completion text as raw for {same_text}/{len(ours_rows)} records; {parse_errors} of ours failed to parse")
     print()
-    print(f"| path | seconds | records/s | tokens/s | us/record |")
-    print(f"|---|---|---|---|---|")
+    print("| path | seconds | records/s | tokens/s | us/record |")
+    print("|---|---|---|---|---|")
     print(f"| raw vllm.LLM.generate | {raw:.2f} | {expected_records / raw:.1f} | {tokens / raw:.0f} | {raw_us_per_record:.0f} |")
     print(f"| mathsynth synth generate (end to end) | {ours:.2f} | {expected_records / ours:.1f} | {tokens / ours:.0f} "
           f"| {ours / expected_records * 1e6:.0f} |")

@@ -44,12 +44,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.dedup import NearDuplicateIndex, ngrams
-from data.stage_prompts.parsing import ParsedOutput, parse_completion
+from data.stage_prompts.parsing import (
+    ParsedOutput,
+    is_answer,
+    parse_completion,
+    solution_leaked,
+)
 from data.text import count_words, find_boxes
 from eval.grading import Grader
 from eval.program_answers import CodeRunner, check_programs
-
-MAX_ANSWER_CHARS = 200  # a longer "answer" is a box left open around prose or garbage
 
 
 class ValidationConfig(BaseModel):
@@ -215,11 +218,11 @@ class Validator:
             return Verdict(False, failure, None, {})
         details: dict[str, Any] = {"problem_words": count_words(parsed.problem)}
         verdict = Verdict(False, None, parsed, details)
-        if "```" in parsed.problem or find_boxes(parsed.problem):
+        if solution_leaked(parsed.problem):
             verdict.reason = "no_problem"  # a solution leaked into it: the format is broken
             return verdict
         answer = parsed.final_answer
-        if answer is None or "\n" in answer or "```" in answer or len(answer) > MAX_ANSWER_CHARS:
+        if not is_answer(answer):
             verdict.reason = "no_boxed_answer"
             return verdict
         if details["problem_words"] < config.min_problem_words:

@@ -45,7 +45,6 @@ from influence.store import (
     CandidateChunks,
     SpaceFile,
     describe_space,
-    model_fingerprint,
     save_array,
 )
 
@@ -79,7 +78,12 @@ class ScoringModel:
 def load_scoring_model(config: InfluenceConfig) -> ScoringModel:
     import torch
 
-    from llm.loading import load_model, load_tokenizer, resolve_model_path
+    from llm.loading import (
+        load_model,
+        load_tokenizer,
+        model_fingerprint,
+        resolve_model_path,
+    )
 
     checkpoints = list_checkpoints(config.warmup.output, config.featurize.checkpoints)
     tokenizer = load_tokenizer(config.model)

@@ -20,7 +20,6 @@ and select refuses to score across spaces, naming what differs.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -32,29 +31,9 @@ from data.errors import UserError
 from data.records import content_id
 from data.storage import atomic_write_json, read_json
 
-_EDGE_BYTES = 1 << 20
-
 
 class FeatureSpaceError(UserError, ValueError):
     pass
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """The model's config, tokenizer and weight files (name, size, first and last MiB): cheap
-    enough for a 14 GB checkpoint on every worker, and any re-save or retrain changes it."""
-    folder = Path(model_dir)
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-            digest.update(path.name.encode() + path.read_bytes())
-        elif path.suffix in (".safetensors", ".bin"):
-            size = path.stat().st_size
-            with open(path, "rb") as handle:
-                head = handle.read(_EDGE_BYTES)
-                handle.seek(max(size - _EDGE_BYTES, 0))
-                tail = handle.read(_EDGE_BYTES)
-            digest.update(f"{path.name}:{size}".encode() + head + tail)
-    return digest.hexdigest()[:16]
 
 
 def describe_space(*, model: str, checkpoint: str, lora: dict, projection: dict, order: list, dtype: str,

@@ -1,10 +1,13 @@
 """Load a checkpoint and its tokenizer from a local folder, or a hub name when online."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 from llm.engine import EngineError
+
+_EDGE_BYTES = 1 << 20
 
 
 def resolve_model_path(name_or_path: str, *, marker: str = "config.json") -> str:
@@ -67,3 +70,21 @@ def render_chat(tokenizer, messages) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise EngineError("chat request for a tokenizer without a chat_template; send a raw prompt instead")
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """The model's config, tokenizer and weight files (name, size, first and last MiB): cheap
+    enough for a 14 GB checkpoint on every worker, and any re-save or retrain changes it."""
+    folder = Path(model_dir)
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix in (".safetensors", ".bin"):
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                head = handle.read(_EDGE_BYTES)
+                handle.seek(max(size - _EDGE_BYTES, 0))
+                tail = handle.read(_EDGE_BYTES)
+            digest.update(f"{path.name}:{size}".encode() + head + tail)
+    return digest.hexdigest()[:16]

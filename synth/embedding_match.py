@@ -71,13 +71,6 @@ class TextEmbedder:
         return np.concatenate(rows) if rows else np.zeros((0, 1), dtype=np.float32)
 
 
-def model_fingerprint(path: str) -> str:
-    """Changes when the checkpoint's config or weight files change."""
-    folder = Path(path)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
-    return content_id([(p.name, p.stat().st_size) for p in files], (folder / "config.json").read_text())
-
-
 class BenchmarkEmbeddings:
     """Every question of the named benchmarks (default: all shipped), embedded and indexed."""
 
@@ -85,6 +78,7 @@ class BenchmarkEmbeddings:
         import faiss
 
         from data.benchmarks.registry import BENCHMARKS, load_benchmark
+        from llm.loading import model_fingerprint
 
         names = list(benchmarks or BENCHMARKS)
         self.embedder = TextEmbedder(check)

@@ -39,12 +39,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.decontamination import Decontaminator
 from data.dedup import jaccard, shingle_texts
-from data.text import count_words, find_boxes
+from data.stage_prompts.parsing import MAX_ANSWER_CHARS, is_answer, solution_leaked
+from data.text import count_words
 from synth.embedding_match import BenchmarkEmbeddings, EmbeddingCheck
-
-REASON_ORDER = ("empty", "no_problem", "no_solution", "truncated", "no_boxed_answer", "no_code",
-                "problem_too_short", "problem_too_long", "solution_too_short", "solution_too_long",
-                "contaminated", "code_failed", "code_answer_mismatch", "inconsistent")
 
 
 class FormatFilter(BaseModel):
@@ -52,7 +49,7 @@ class FormatFilter(BaseModel):
 
     enabled: bool = True
     reject_truncated: bool = Field(True, description="drop completions cut by max_tokens")
-    max_answer_chars: int = Field(200, ge=1, description="a longer 'answer' is a box left open around prose")
+    max_answer_chars: int = Field(MAX_ANSWER_CHARS, ge=1, description="a longer 'answer' is a box left open around prose")
 
 
 class LengthFilter(BaseModel):
@@ -106,12 +103,11 @@ def format_reason(record: dict[str, Any], config: FormatFilter) -> str | None:
         return record["parse_error"]
     if record.get("problem") is None or record.get("solution") is None:
         return "no_solution"
-    if "```" in record["problem"] or find_boxes(record["problem"]):
+    if solution_leaked(record["problem"]):
         return "no_problem"
     if config.reject_truncated and record.get("finish_reason") == "length":
         return "truncated"
-    answer = record.get("final_answer")
-    if answer is None or "\n" in answer or "```" in answer or len(answer) > config.max_answer_chars:
+    if not is_answer(record.get("final_answer"), config.max_answer_chars):
         return "no_boxed_answer"
     if record.get("variant") == "tool" and not record.get("code"):
         return "no_code"

@@ -23,9 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from data.text import last_boxed, last_code_block
+from data.text import find_boxes, last_boxed, last_code_block
 
 ParseFailure = Literal["empty", "no_problem", "no_solution"]
+
+MAX_ANSWER_CHARS = 200  # a longer "answer" is a box left open around prose or garbage
 
 # A header line; for "Solution" the text after the colon on the same line belongs to the solution.
 _PROBLEM_HEADER = re.compile(r"^[ \t]*#+[ \t]*problem[ \t]*:?[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -62,3 +64,13 @@ def parse_completion(text: str | None) -> tuple[ParsedOutput | None, ParseFailur
     if not solution:
         return None, "no_solution"
     return ParsedOutput(problem, solution, last_boxed(solution), last_code_block(solution)), None
+
+
+def solution_leaked(problem: str) -> bool:
+    """A code block or a box in the problem: part of the solution ended up in it."""
+    return "```" in problem or bool(find_boxes(problem))
+
+
+def is_answer(answer: str | None, max_chars: int = MAX_ANSWER_CHARS) -> bool:
+    """Whether a boxed answer is one: present, one line, no code fence, at most ``max_chars``."""
+    return answer is not None and "\n" not in answer and "```" not in answer and len(answer) <= max_chars
