@@ -11,23 +11,23 @@ from typing import Any, Collection, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from data.errors import UserError
+from data.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def read_yaml_mapping(path: str | Path, error: type[UserError] = UserError) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise error(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found")
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise error(f"{where}: invalid YAML ({getattr(err, 'problem', None) or _first_line(err)})") from None
+        raise ConfigError(f"{where}: invalid YAML ({getattr(err, 'problem', None) or _first_line(err)})") from None
     if loaded is not None and not isinstance(loaded, dict):
-        raise error(f"{path}: the top level must be a mapping of keys")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return loaded or {}
 
 
@@ -49,12 +49,12 @@ def validation_message(err: ValidationError, *, hidden_loc: Collection[str] = ()
     return f"{key}: {message}{more}"
 
 
-def validate_model(model: type[ModelT], raw: dict[str, Any], source: str, error: type[UserError] = UserError,
-                   *, hidden_loc: Collection[str] = ()) -> ModelT:
+def validate_model(model: type[ModelT], raw: dict[str, Any], source: str, *,
+                   hidden_loc: Collection[str] = ()) -> ModelT:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise error(f"{source}: {validation_message(err, hidden_loc=hidden_loc)}") from None
+        raise ConfigError(f"{source}: {validation_message(err, hidden_loc=hidden_loc)}") from None
 
 
 def _first_line(err: Exception) -> str:

@@ -17,7 +17,7 @@ Either way the shards partition the unsharded stream. A bad row is reported only
 that owns it; a torn file (truncated .zst/.gz, corrupt parquet) counts as a bad row at the
 position right after its last complete row.
 
-Bad input. ``policy="fail"`` raises ``CorpusError("path:line: reason (detail)")``, one line;
+Bad input. ``policy="fail"`` raises ``InputError("path:line: reason (detail)")``, one line;
 ``policy="skip"`` drops the row and counts it by reason in ``CorpusStats``. The rest of a
 torn file is lost either way: its tail cannot be read.
 """
@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Iterator, Literal, Sequence, Union
 import zstandard
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data.errors import UserError
+from data.errors import InputError
 from data.records import Document, SourceLocation, content_id
 from data.shards import Shard
 
@@ -61,10 +61,6 @@ EMPTY_TEXT = "empty text"
 TEXT_TOO_LONG = "text too long"
 UNDECODABLE = "undecodable bytes"
 TORN_FILE = "truncated or corrupt file"
-
-
-class CorpusError(UserError, ValueError):
-    """A corpus problem, as one line: ``path:line: reason`` or ``path: reason``."""
 
 
 @dataclass
@@ -159,17 +155,17 @@ def resolve_sources(sources: SourceSpec) -> list[str]:
     """The sorted, de-duplicated corpus files (and ``save_to_disk`` folders) named by ``sources``."""
     specs = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not specs:
-        raise CorpusError("no corpus sources given")
+        raise InputError("no corpus sources given")
     found: set[str] = set()
     for spec in specs:
         text = os.fspath(spec)
         if any(char in text for char in "*?["):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
-                raise CorpusError(f"{text}: glob matches nothing")
+                raise InputError(f"{text}: glob matches nothing")
             resolved = [f for match in matches for f in _resolve_path(match, named=False)]
             if not resolved:
-                raise CorpusError(f"{text}: glob matches no corpus files ({_SUPPORTED})")
+                raise InputError(f"{text}: glob matches no corpus files ({_SUPPORTED})")
         else:
             resolved = _resolve_path(text, named=True)
         found.update(resolved)
@@ -184,22 +180,22 @@ def _resolve_path(path: str, *, named: bool) -> list[str]:
     if os.path.isdir(path):
         if _is_dataset_dict(path):
             splits = sorted(p.name for p in Path(path).iterdir() if p.is_dir())
-            raise CorpusError(f"{path}: a saved DatasetDict; name one split folder ({', '.join(splits)})")
+            raise InputError(f"{path}: a saved DatasetDict; name one split folder ({', '.join(splits)})")
         if _is_hf_dataset(path):
             return [path]
         if os.path.isfile(os.path.join(path, "manifest.json")):
             return _stage_output_parts(path)
         files = _walk(path)
         if named and not files:
-            raise CorpusError(f"{path}: no corpus files in folder ({_SUPPORTED})")
+            raise InputError(f"{path}: no corpus files in folder ({_SUPPORTED})")
         return files
     if os.path.isfile(path):
         if _is_supported_file(path):
             return [path]
         if named:
-            raise CorpusError(f"{path}: unsupported file type ({_SUPPORTED})")
+            raise InputError(f"{path}: unsupported file type ({_SUPPORTED})")
         return []
-    raise CorpusError(f"{path}: no such file or folder")
+    raise InputError(f"{path}: no such file or folder")
 
 
 def _stage_output_parts(folder: str) -> list[str]:
@@ -210,7 +206,7 @@ def _stage_output_parts(folder: str) -> list[str]:
     manifest = read_json(Path(folder) / "manifest.json")
     if not manifest.get("complete"):
         missing = sorted(set(range(manifest.get("num_shards", 1))) - set(manifest.get("shards_done", [])))
-        raise CorpusError(f"{folder}: stage output is incomplete (shards {missing} not done); finish it first")
+        raise InputError(f"{folder}: stage output is incomplete (shards {missing} not done); finish it first")
     return sorted(str(p) for p in Path(folder).glob("part-*-of-*.jsonl"))
 
 
@@ -285,7 +281,7 @@ def _stream(files: list[str], fields: _Fields, policy: Policy, shard: Shard | No
             except _BadRow as bad:
                 message = bad.message(f"{path}:{line}")
                 if policy == "fail":
-                    raise CorpusError(message) from None
+                    raise InputError(message) from None
                 stats.record_skip(bad.reason, message)
                 continue
             stats.yielded += 1

@@ -6,17 +6,17 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from data.errors import UserError
+from data.errors import InputError
 
 
-def iter_json_objects(path: str | Path, error: type[UserError] = UserError) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line, object) for each non-blank line; a line that is not a JSON object raises
-    ``error("path:line: why")``."""
+    ``InputError("path:line: why")``."""
     path = Path(path)
     try:
         handle = open(path, encoding="utf-8")
     except OSError as err:
-        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     with handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -24,7 +24,7 @@ def iter_json_objects(path: str | Path, error: type[UserError] = UserError) -> I
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise error(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
+                raise InputError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise error(f"{path}:{line_no}: expected a JSON object")
+                raise InputError(f"{path}:{line_no}: expected a JSON object")
             yield line_no, row

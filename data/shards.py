@@ -4,11 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from data.errors import UserError
-
-
-class ShardSpecError(UserError, ValueError):
-    pass
+from data.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -18,7 +14,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ShardSpecError(f"shard {self.index}/{self.count}: need 0 <= I < N and N >= 1")
+            raise ConfigError(f"shard {self.index}/{self.count}: need 0 <= I < N and N >= 1")
 
     def owns(self, position: int) -> bool:
         """Round-robin ownership of the item at ``position`` in a stream."""
@@ -32,7 +28,7 @@ def parse_shard(text: str) -> Shard:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ShardSpecError(f"--shard {text!r}: expected I/N, e.g. 3/16") from None
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 3/16") from None
     return Shard(index, count)
 
 

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from data.errors import UserError
+from data.errors import InputError, OutputError
 from data.records import config_hash
 from data.shards import Shard
 
@@ -32,10 +32,6 @@ MANIFEST = "manifest.json"
 # How often buffered lines reach the OS. A kill -9 loses at most this much work (it is redone
 # on rerun, never duplicated); the OS keeps what was written even if the process dies.
 FLUSH_INTERVAL_S = 1.0
-
-
-class StorageError(UserError, RuntimeError):
-    """A stage output folder that cannot be used as asked (wrong config, corrupt part)."""
 
 
 def part_stem(shard: Shard) -> str:
@@ -123,7 +119,7 @@ class ShardWriter:
                     # Only the last line can be torn in an append-only file; anything else
                     # means the file was edited or the disk is corrupt: do not guess.
                     if handle.read(1):
-                        raise StorageError(f"{self.path}:{number}: corrupt record ({err.msg})") from None
+                        raise OutputError(f"{self.path}:{number}: corrupt record ({err.msg})") from None
                     break
                 self._hold(record)
                 good_end += len(raw)
@@ -215,7 +211,7 @@ class StageOutput:
     # -- a shard's life ----------------------------------------------------------------
     def _check_shard(self, shard: Shard) -> None:
         if shard.count != self.num_shards:
-            raise StorageError(
+            raise OutputError(
                 f"{self.folder}: this output is split into {self.num_shards} shards; "
                 f"got --shard {shard} (use N={self.num_shards} or a new output folder)"
             )
@@ -275,12 +271,12 @@ class StageOutput:
         if manifest.get("stage") != self.stage or manifest.get("config_hash") != self.config_hash:
             changed = _changed_keys(without_keys(manifest.get("config", {}), self.operational),
                                     without_keys(self.config, self.operational))
-            raise StorageError(
+            raise OutputError(
                 f"{self.folder}: holds a {manifest.get('stage')} run with a different config "
                 f"(changed: {', '.join(changed) or 'stage'}); use a new output folder or restore the config"
             )
         if manifest.get("num_shards") != self.num_shards:
-            raise StorageError(
+            raise OutputError(
                 f"{self.folder}: this output is split into {manifest.get('num_shards')} shards; "
                 f"got {self.num_shards} (use the same N or a new output folder)"
             )
@@ -362,11 +358,11 @@ def iter_records(folder: str | Path, *, require_complete: bool = True) -> Iterat
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
-        raise StorageError(f"{folder}: not a stage output (no {MANIFEST})")
+        raise InputError(f"{folder}: not a stage output (no {MANIFEST})")
     manifest = read_json(manifest_path)
     if require_complete and not manifest.get("complete"):
         missing = sorted(set(range(manifest["num_shards"])) - set(manifest.get("shards_done", [])))
-        raise StorageError(f"{folder}: incomplete: shards {missing} of {manifest['num_shards']} not done")
+        raise InputError(f"{folder}: incomplete: shards {missing} of {manifest['num_shards']} not done")
     for path in part_files(folder):
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -380,5 +376,5 @@ def load_as_hf_dataset(folder: str | Path):
 
     files = [str(p) for p in part_files(folder)]
     if not files:
-        raise StorageError(f"{folder}: no part files")
+        raise InputError(f"{folder}: no part files")
     return datasets.load_dataset("json", data_files=files, split="train")

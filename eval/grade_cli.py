@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from data.errors import UserError
+from data.errors import ConfigError, InputError
 from data.jsonl import iter_json_objects
 from data.records import ANSWER_TYPES, AnswerType
 from eval.grading import Grader
@@ -19,34 +19,30 @@ from eval.grading import Grader
 BATCH = 4096  # rows per grade_many call: big enough to batch IPC, small enough to stream output
 
 
-class GradeInputError(UserError, ValueError):
-    """A pairs file that cannot be graded; the message is one line naming file:line."""
-
-
 def _text(value: Any, field: str, where: str, *, optional: bool = False) -> str | None:
     if value is None and optional:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise GradeInputError(f"{where}: field {field!r} must be a string or a number, got {type(value).__name__}")
+        raise InputError(f"{where}: field {field!r} must be a string or a number, got {type(value).__name__}")
     return value if isinstance(value, str) else json.dumps(value)
 
 
 def read_pairs(path: str | Path, gold_field: str = "gold", pred_field: str = "pred", answer_type: str = "expression") -> list[tuple]:
-    """(gold, pred, answer_type, choices) per row; GradeInputError on the first bad line."""
+    """(gold, pred, answer_type, choices) per row; InputError on the first bad line."""
     if answer_type not in ANSWER_TYPES:
-        raise GradeInputError(f"answer_type {answer_type!r} is not one of {', '.join(ANSWER_TYPES)}")
+        raise ConfigError(f"answer_type {answer_type!r} is not one of {', '.join(ANSWER_TYPES)}")
     rows = []
-    for line_no, row in iter_json_objects(path, GradeInputError):
+    for line_no, row in iter_json_objects(path):
         where = f"{path}:{line_no}"
         for field in (gold_field, pred_field):
             if field not in row:
-                raise GradeInputError(f"{where}: missing field {field!r}")
+                raise InputError(f"{where}: missing field {field!r}")
         kind = row.get("answer_type", answer_type)
         if kind not in ANSWER_TYPES:
-            raise GradeInputError(f"{where}: answer_type {kind!r} is not one of {', '.join(ANSWER_TYPES)}")
+            raise InputError(f"{where}: answer_type {kind!r} is not one of {', '.join(ANSWER_TYPES)}")
         choices = row.get("choices")
         if choices is not None and not (isinstance(choices, list) and all(isinstance(c, str) for c in choices)):
-            raise GradeInputError(f"{where}: 'choices' must be a list of strings")
+            raise InputError(f"{where}: 'choices' must be a list of strings")
         gold = _text(row[gold_field], gold_field, where)
         pred = _text(row[pred_field], pred_field, where, optional=True)
         rows.append((gold, pred, kind, choices))

@@ -19,11 +19,11 @@ import yaml
 
 from data.benchmarks.registry import (
     LETTERS,
-    BenchmarkError,
     get_spec,
     load_benchmark,
     load_exemplar_pool,
 )
+from data.errors import ConfigError
 from data.records import BenchmarkRecord
 from eval.extraction import last_boxed
 
@@ -98,7 +98,7 @@ def select_exemplars(benchmark: str, k: int = 5, *, seed: int = 0) -> list[Bench
     questions are taken, so the choice is the same on every machine and run."""
     spec = get_spec(benchmark)
     if spec.few_shot is None:
-        raise BenchmarkError(f"{spec.name}: no few-shot exemplar pool; use zero_shot or chat")
+        raise ConfigError(f"{spec.name}: no few-shot exemplar pool; use zero_shot or chat")
     if k < 0:
         raise ValueError(f"k must be >= 0 (got {k})")
     _, pool = load_exemplar_pool(spec.few_shot)
@@ -107,7 +107,7 @@ def select_exemplars(benchmark: str, k: int = 5, *, seed: int = 0) -> list[Bench
     random.Random(f"{spec.few_shot}/{seed}").shuffle(order)
     chosen = [pool[i] for i in order if _question_key(pool[i].question) not in tests][:k]
     if len(chosen) < k:
-        raise BenchmarkError(f"{spec.name}: exemplar pool {spec.few_shot!r} has only {len(chosen)} usable exemplars (asked {k})")
+        raise ConfigError(f"{spec.name}: exemplar pool {spec.few_shot!r} has only {len(chosen)} usable exemplars (asked {k})")
     return chosen
 
 

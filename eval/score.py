@@ -9,20 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data.errors import UserError
+from data.errors import InputError
 from data.jsonl import iter_json_objects
 from data.records import BenchmarkRecord
 
 
-class ScoreInputError(UserError, ValueError):
-    pass
-
-
 def read_predictions(path: Path, field: str) -> list[dict[str, Any]]:
     rows = []
-    for line_no, row in iter_json_objects(path, ScoreInputError):
+    for line_no, row in iter_json_objects(path):
         if field not in row:
-            raise ScoreInputError(f"{path}:{line_no}: no field {field!r}")
+            raise InputError(f"{path}:{line_no}: no field {field!r}")
         rows.append(row)
     return rows
 
@@ -30,14 +26,14 @@ def read_predictions(path: Path, field: str) -> list[dict[str, Any]]:
 def match_rows(records: list[BenchmarkRecord], rows: list[dict[str, Any]], id_field: str | None, path: Path):
     if id_field is None:
         if len(rows) != len(records):
-            raise ScoreInputError(f"{path}: {len(rows)} predictions for {len(records)} problems; match by --id-field or give one per problem")
+            raise InputError(f"{path}: {len(rows)} predictions for {len(records)} problems; match by --id-field or give one per problem")
         return list(zip(records, rows))
     index = {r.id: r for r in records} | {str(i): r for i, r in enumerate(records)}
     pairs = []
     for number, row in enumerate(rows, start=1):
         key = str(row.get(id_field))
         if key not in index:
-            raise ScoreInputError(f"{path}: row {number}: {id_field}={key!r} matches no problem")
+            raise InputError(f"{path}: row {number}: {id_field}={key!r} matches no problem")
         pairs.append((index[key], row))
     return pairs
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from data.errors import UserError
+from data.errors import InputError
 
 if TYPE_CHECKING:
     from data.corpus import CorpusStats
@@ -22,10 +22,6 @@ TARGET_PROMPT = "## Question\n{prompt}\n\n## Solution\n"
 
 
 MISSING_PAIR = "missing pair field"
-
-
-class PairFieldError(UserError, ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -66,7 +62,7 @@ def candidate_example(doc: Document, config: InfluenceConfig, tokenizer, stats: 
         problem = "missing" if completion is None else ("not a string" if not isinstance(completion, str) else "empty")
         message = f"{doc.location or doc.id}: candidates.pair_field {pair_field!r} is {problem}"
         if config.candidates.policy == "fail":
-            raise PairFieldError(message)
+            raise InputError(message)
         stats.record_skip(MISSING_PAIR, message)
         return None
     return tokenize_example(tokenizer, doc.id, completion, doc.text, config.max_length)

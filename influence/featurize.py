@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from data.corpus import CorpusStats, read_corpus, resolve_sources
-from data.errors import UserError
+from data.errors import ConfigError, InputError
 from data.progress import progress_bar
 from data.records import Document
 from data.shards import Shard
@@ -113,11 +113,11 @@ def target_rows(target: TargetSet) -> list[tuple[str, str, str]]:
         spec = EXEMPLAR_POOLS[target.benchmark].spec if target.benchmark in EXEMPLAR_POOLS else None
         if spec is None and target.benchmark not in BENCHMARKS:
             known = sorted(EXEMPLAR_POOLS) + sorted(BENCHMARKS)
-            raise UserError(f"targets.{target.name}.benchmark: unknown {target.benchmark!r}; known: {', '.join(known)}")
+            raise ConfigError(f"targets.{target.name}.benchmark: unknown {target.benchmark!r}; known: {', '.join(known)}")
         records = load_benchmark(spec or target.benchmark, limit=target.limit)
         rows = [(r.id, r.reference_solution, r.question) for r in records if r.reference_solution]
         if not rows:
-            raise UserError(f"targets.{target.name}: {target.benchmark} has no worked solutions to take gradients of")
+            raise ConfigError(f"targets.{target.name}: {target.benchmark} has no worked solutions to take gradients of")
         return rows
     from data.jsonl import iter_json_objects
 
@@ -127,7 +127,7 @@ def target_rows(target: TargetSet) -> list[tuple[str, str, str]]:
         prompt, completion = row.get(target.prompt_field), row.get(target.completion_field)
         for name, value in ((target.prompt_field, prompt), (target.completion_field, completion)):
             if not isinstance(value, str) or not value.strip():
-                raise UserError(f"{where}: target field {name!r} missing or empty")
+                raise InputError(f"{where}: target field {name!r} missing or empty")
         rows.append((str(row.get("id", f"{target.name}/{line}")), completion, prompt))
         if target.limit is not None and len(rows) >= target.limit:
             break

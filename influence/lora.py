@@ -16,14 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.errors import UserError
+from data.errors import ConfigError, InputError
 from influence.config import LoraSettings
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d+)$")
-
-
-class CheckpointError(UserError, ValueError):
-    pass
 
 
 def attach_lora(model, settings: LoraSettings, *, for_training: bool):
@@ -36,7 +32,7 @@ def attach_lora(model, settings: LoraSettings, *, for_training: bool):
     try:
         wrapped = get_peft_model(model, config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
-        raise CheckpointError(f"lora.target_modules: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}") from None
     return wrapped.train() if for_training else wrapped.eval()
 
 
@@ -89,7 +85,7 @@ def save_checkpoint(folder: Path, *, epoch: int, model, optimizer, average_lr: f
     for name, p in params:
         state = optimizer.state.get(p, {})
         if "exp_avg" not in state:
-            raise CheckpointError(f"parameter {name} has no Adam state: was it trained?")
+            raise ConfigError(f"parameter {name} has no Adam state: was it trained?")
         moments[f"{name}.exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
         moments[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
         steps.add(int(state["step"]))
@@ -113,12 +109,12 @@ def list_checkpoints(folder: str | Path, epochs: list[int] | None = None) -> lis
                 found[int(match.group(1))] = Checkpoint(int(match.group(1)), child, float(state["average_lr"]),
                                                         int(state["step"]))
     if not found:
-        raise CheckpointError(f"{folder}: no warm-up checkpoints (epoch-*/); run `mathsynth influence warmup` first")
+        raise InputError(f"{folder}: no warm-up checkpoints (epoch-*/); run `mathsynth influence warmup` first")
     if epochs is None:
         return [found[e] for e in sorted(found)]
     missing = sorted(set(epochs) - set(found))
     if missing:
-        raise CheckpointError(f"featurize.checkpoints: epochs {missing} not in {folder} (have {sorted(found)})")
+        raise ConfigError(f"featurize.checkpoints: epochs {missing} not in {folder} (have {sorted(found)})")
     return [found[e] for e in epochs]
 
 
@@ -144,13 +140,13 @@ def apply_weights(model, weights: dict[str, Any], where: str = "checkpoint") -> 
     params = dict(lora_parameters(model))
     if set(weights) != set(params):
         missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
-        raise CheckpointError(f"{where}: LoRA parameters differ from the model's "
-                              f"(missing {missing[:2]}, unexpected {extra[:2]}); same model and lora settings?")
+        raise InputError(f"{where}: LoRA parameters differ from the model's "
+                         f"(missing {missing[:2]}, unexpected {extra[:2]}); same model and lora settings?")
     with torch.no_grad():
         for name, p in params.items():
             if tuple(weights[name].shape) != tuple(p.shape):
-                raise CheckpointError(f"{where}: {name} has shape {list(weights[name].shape)}, "
-                                      f"the model's is {list(p.shape)}; same lora.r?")
+                raise InputError(f"{where}: {name} has shape {list(weights[name].shape)}, "
+                                 f"the model's is {list(p.shape)}; same lora.r?")
             p.copy_(weights[name].to(p.device, p.dtype))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from data.errors import UserError
+from data.errors import InputError
 from data.records import content_id
 from data.shards import Shard
 from data.storage import StageOutput, atomic_write_json, atomic_write_text, read_json
@@ -42,10 +42,6 @@ from influence.store import (
 log = logging.getLogger(__name__)
 
 
-class SelectError(UserError, ValueError):
-    pass
-
-
 def _target_folder(config: InfluenceConfig) -> Path:
     return Path(config.select.target_features or config.featurize.output) / "targets"
 
@@ -57,14 +53,14 @@ def load_target_means(config: InfluenceConfig, epochs: list[int]) -> dict[str, d
         means[target.name] = {}
         held = folder / target.name / "target.json"
         if not (folder / target.name / "ids.json").exists() or not held.exists():
-            raise SelectError(f"{folder / target.name}: no target features; run `mathsynth influence featurize --side targets`")
+            raise InputError(f"{folder / target.name}: no target features; run `mathsynth influence featurize --side targets`")
         if read_json(held) != target.model_dump(mode="json"):
-            raise SelectError(f"targets.{target.name}: changed since its features were computed ({held}); "
-                              "run `mathsynth influence featurize --side targets` again")
+            raise InputError(f"targets.{target.name}: changed since its features were computed ({held}); "
+                             "run `mathsynth influence featurize --side targets` again")
         for epoch in epochs:
             path = folder / target.name / f"epoch-{epoch}.npy"
             if not path.exists():
-                raise SelectError(f"{path}: no target features; run `mathsynth influence featurize --side targets`")
+                raise InputError(f"{path}: no target features; run `mathsynth influence featurize --side targets`")
             means[target.name][epoch] = np.load(path).astype(np.float32).mean(axis=0)
     return means
 
@@ -84,10 +80,10 @@ class Scorer:
         self.chunks = CandidateChunks(Path(config.featurize.output) / "candidates")
         candidate_space = SpaceFile(self.chunks.folder).read()
         if candidate_space is None:
-            raise SelectError(f"{self.chunks.folder}: no candidate features; run `mathsynth influence featurize`")
+            raise InputError(f"{self.chunks.folder}: no candidate features; run `mathsynth influence featurize`")
         target_space = SpaceFile(_target_folder(config)).read()
         if target_space is None:
-            raise SelectError(f"{_target_folder(config)}: no target features; run `mathsynth influence featurize`")
+            raise InputError(f"{_target_folder(config)}: no target features; run `mathsynth influence featurize`")
         check_same_space(target_space, candidate_space,
                          f"target features ({_target_folder(config)}) and candidate features ({self.chunks.folder}) "
                          "come from different feature spaces", "featurize both with the same model, checkpoints "
@@ -122,13 +118,13 @@ def required_chunks(chunks: CandidateChunks, shard: Shard = Shard(0, 1)) -> list
     """The chunks ``shard`` owns, once every one of them is featurized."""
     total = chunks.total()
     if total is None:
-        raise SelectError(f"{chunks.folder}: featurize has not reached the end of the corpus yet "
-                          "(no total.json); finish every featurize shard first")
+        raise InputError(f"{chunks.folder}: featurize has not reached the end of the corpus yet "
+                         "(no total.json); finish every featurize shard first")
     owned = [j for j in range(total["chunks"]) if j % shard.count == shard.index]
     missing = [j for j in owned if not chunks.is_done(j)]
     if missing:
-        raise SelectError(f"{chunks.folder}: chunks {missing[:10]}{' ...' if len(missing) > 10 else ''} of "
-                          f"{total['chunks']} not featurized (chunk j belongs to featurize shard j mod N); finish them first")
+        raise InputError(f"{chunks.folder}: chunks {missing[:10]}{' ...' if len(missing) > 10 else ''} of "
+                         f"{total['chunks']} not featurized (chunk j belongs to featurize shard j mod N); finish them first")
     return owned
 
 
@@ -166,7 +162,7 @@ def run_select(config: InfluenceConfig) -> dict[str, Any]:
     scores = per_target_all.max(axis=1) if settings.aggregate == "max" else per_target_all.mean(axis=1)
     n = len(scores)
     if n == 0:
-        raise SelectError(f"{scorer.chunks.folder}: no candidates were featurized")
+        raise InputError(f"{scorer.chunks.folder}: no candidates were featurized")
     n_select = selection_size(n, top_k=settings.top_k, top_fraction=settings.top_fraction)
     ranked = rank(scores)
     selected, dropped, clusters = _pick(scorer, ranked, n_select, chunk_of_all, offset_of_all, config)

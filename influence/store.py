@@ -27,13 +27,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data.errors import UserError
+from data.errors import InputError, OutputError, UserError
 from data.records import content_id
 from data.storage import atomic_write_json, read_json
-
-
-class FeatureSpaceError(UserError, ValueError):
-    pass
 
 
 def describe_space(*, model: str, checkpoint: str, lora: dict, projection: dict, order: list, dtype: str,
@@ -68,17 +64,20 @@ class SpaceFile:
             atomic_write_json(self.path, wanted)
             return
         check_same_space(held, wanted, f"{self.path.parent} holds features of another feature space",
-                         "use a new featurize.output or remove it")
+                         "use a new featurize.output or remove it", kind=OutputError)
 
 
-def check_same_space(held: dict, wanted: dict, problem: str, advice: str) -> None:
+def check_same_space(held: dict, wanted: dict, problem: str, advice: str,
+                     kind: type[UserError] = InputError) -> None:
+    """Features of two spaces must not be mixed; ``kind``: OutputError when ``held`` is the
+    folder being written to, InputError when comparing features read as inputs."""
     if set(held) != set(wanted):
-        raise FeatureSpaceError(f"{problem}: checkpoints {sorted(held, key=int)} vs {sorted(wanted, key=int)}; {advice}")
+        raise kind(f"{problem}: checkpoints {sorted(held, key=int)} vs {sorted(wanted, key=int)}; {advice}")
     for epoch in held:
         if held[epoch]["hash"] != wanted[epoch]["hash"]:
             changed = differences(held[epoch]["description"], wanted[epoch]["description"])
-            raise FeatureSpaceError(f"{problem} (epoch {epoch}: {', '.join(changed)} differ; hash "
-                                    f"{held[epoch]['hash']} vs {wanted[epoch]['hash']}); {advice}")
+            raise kind(f"{problem} (epoch {epoch}: {', '.join(changed)} differ; hash "
+                       f"{held[epoch]['hash']} vs {wanted[epoch]['hash']}); {advice}")
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -106,12 +105,12 @@ class CandidateChunks:
         if path.exists():
             held = read_json(path)
             if held["chunk_size"] != chunk_size:
-                raise FeatureSpaceError(f"{self.folder}: chunks hold {held['chunk_size']} rows each; featurize.chunk_size "
-                                        f"is {chunk_size} (use {held['chunk_size']} or a new featurize.output)")
+                raise OutputError(f"{self.folder}: chunks hold {held['chunk_size']} rows each; featurize.chunk_size "
+                                  f"is {chunk_size} (use {held['chunk_size']} or a new featurize.output)")
             if held.get("corpus") != corpus:
                 changed = differences(held.get("corpus") or {}, corpus)
-                raise FeatureSpaceError(f"{self.folder}: holds chunks of another candidate corpus ({', '.join(changed)} "
-                                        "differ); use a new featurize.output")
+                raise OutputError(f"{self.folder}: holds chunks of another candidate corpus ({', '.join(changed)} "
+                                  "differ); use a new featurize.output")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, wanted)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from data.corpus import CorpusStats, read_corpus
-from data.errors import UserError
+from data.errors import ConfigError, InputError, OutputError
 from data.progress import progress_bar
 from data.records import Document, stable_seed, stable_uniform
 from data.shards import Shard
@@ -31,7 +31,6 @@ from influence.examples import TokenizedExample, candidate_example, collate
 from influence.gradients import per_example_losses
 from influence.lora import (
     Checkpoint,
-    CheckpointError,
     attach_lora,
     list_checkpoints,
     load_checkpoint,
@@ -49,10 +48,6 @@ RESULT_KEYS = ("model", "dtype", "max_length", "lora", "candidates", "warmup")
 LOCATION_KEYS = ("warmup.output",)
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
-
-
-class WarmupError(UserError, ValueError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,8 +105,8 @@ def _restore_adam(optimizer, model, checkpoint: Checkpoint) -> None:
 
     state = load_checkpoint(model, checkpoint)
     if state.betas != ADAM_BETAS or state.eps != ADAM_EPS:
-        raise CheckpointError(f"{checkpoint.folder}: saved with Adam betas {state.betas}, eps {state.eps}; "
-                              f"expected {ADAM_BETAS}, {ADAM_EPS}")
+        raise OutputError(f"{checkpoint.folder}: saved with Adam betas {state.betas}, eps {state.eps}; "
+                          f"expected {ADAM_BETAS}, {ADAM_EPS}")
     for name, p in lora_parameters(model):
         optimizer.state[p] = {
             "step": torch.tensor(float(state.step)),
@@ -123,11 +118,11 @@ def _restore_adam(optimizer, model, checkpoint: Checkpoint) -> None:
 def _saved_checkpoints(folder: Path, epochs: int) -> list[Checkpoint]:
     try:
         saved = list_checkpoints(folder)
-    except CheckpointError:
+    except InputError:  # none saved yet
         return []
     numbers = [c.epoch for c in saved]
     if numbers != list(range(1, len(numbers) + 1)) or len(numbers) > epochs:
-        raise WarmupError(f"{folder}: holds checkpoints for epochs {numbers}, expected 1..k with k <= {epochs}; "
+        raise OutputError(f"{folder}: holds checkpoints for epochs {numbers}, expected 1..k with k <= {epochs}; "
                           f"remove the stray ones or use a new warmup.output")
     return saved
 
@@ -171,7 +166,7 @@ def run_warmup(config: InfluenceConfig) -> dict[str, Any]:
     corpus_stats = CorpusStats()
     examples = warmup_examples(config, tokenizer, stats=corpus_stats)
     if not examples:
-        raise WarmupError(f"warmup.fraction {settings.fraction}: no candidate was sampled "
+        raise ConfigError(f"warmup.fraction {settings.fraction}: no candidate was sampled "
                           f"({corpus_stats.summary()}); raise it or add candidates")
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
@@ -190,7 +185,7 @@ def run_warmup(config: InfluenceConfig) -> dict[str, Any]:
     if saved:
         last = saved[-1]
         if last.step != last.epoch * steps_per_epoch:
-            raise WarmupError(f"{last.folder}: saved at step {last.step}, expected {last.epoch * steps_per_epoch}; "
+            raise OutputError(f"{last.folder}: saved at step {last.step}, expected {last.epoch * steps_per_epoch}; "
                               f"was the candidate pool changed? use a new warmup.output")
         _restore_adam(optimizer, model, last)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here

@@ -12,13 +12,9 @@ import yaml
 from pydantic import BaseModel
 
 from data.config_files import read_yaml_mapping, validate_model
-from data.errors import UserError
+from data.errors import ConfigError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
-
-
-class ConfigError(UserError, ValueError):
-    """A config that cannot run; the message is one line naming the file and key."""
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:
@@ -41,14 +37,14 @@ def apply_override(config: dict[str, Any], assignment: str) -> None:
 
 
 def load_raw(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
-    config = read_yaml_mapping(path, ConfigError) if path is not None else {}
+    config = read_yaml_mapping(path) if path is not None else {}
     for assignment in overrides:
         apply_override(config, assignment)
     return config
 
 
 def validate(model: type[ConfigT], raw: dict[str, Any], source: str = "config") -> ConfigT:
-    return validate_model(model, raw, source, ConfigError, hidden_loc=_engine_tags())
+    return validate_model(model, raw, source, hidden_loc=_engine_tags())
 
 
 def load_config(model: type[ConfigT], path: str | Path | None, overrides: list[str] = ()) -> ConfigT:

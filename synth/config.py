@@ -10,11 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data.errors import UserError
-
-
-class SynthConfigError(UserError, ValueError):
-    pass
+from data.errors import ConfigError
 
 
 class _Strict(BaseModel):
@@ -91,5 +87,5 @@ def check_train_config(config: SynthTrainConfig) -> None:
     """What pydantic cannot see: the data file exists."""
     file = config.data.file()
     if not file.is_file():
-        raise SynthConfigError(f"data.path: {file} not found (a distill output folder writes sft_{config.data.format}.jsonl "
-                               f"when every shard is done)")
+        raise ConfigError(f"data.path: {file} not found (a distill output folder writes sft_{config.data.format}.jsonl "
+                          f"when every shard is done)")

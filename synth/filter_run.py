@@ -30,14 +30,13 @@ from typing import Any, Iterator
 from pydantic import BaseModel, ConfigDict, Field
 
 from data.dedup import ShardSketch, merge_shards
-from data.errors import UserError
+from data.errors import InputError
 from data.jsonl import iter_json_objects
 from data.progress import progress_bar
 from data.shards import Shard
 from data.storage import (
     ShardWriter,
     StageOutput,
-    StorageError,
     atomic_write_text,
     part_files,
     part_stem,
@@ -91,9 +90,9 @@ def input_parts(config: SynthFilterConfig) -> list[Path]:
     folder = Path(config.input)
     manifest = folder / "manifest.json"
     if not manifest.exists():
-        raise StorageError(f"input: {folder} is not a stage output folder (no manifest.json)")
+        raise InputError(f"input: {folder} is not a stage output folder (no manifest.json)")
     if not read_json(manifest).get("complete"):
-        raise StorageError(f"input: {folder}: not every shard is sealed yet; finish synth generate first")
+        raise InputError(f"input: {folder}: not every shard is sealed yet; finish synth generate first")
     return part_files(folder)
 
 
@@ -109,15 +108,11 @@ class WorkFiles:
         self.done = self.folder / f"{stem}.done"
 
 
-class FilterInputError(UserError, ValueError):
-    pass
-
-
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a part file; one without an id is a one-line error naming file and line."""
-    for line_no, row in iter_json_objects(path, FilterInputError):
+    for line_no, row in iter_json_objects(path):
         if not isinstance(row.get("id"), str):
-            raise FilterInputError(f"{path}:{line_no}: record without a string 'id'")
+            raise InputError(f"{path}:{line_no}: record without a string 'id'")
         yield row
 
 

@@ -16,14 +16,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.errors import UserError
+from data.errors import InputError
 from data.jsonl import iter_json_objects
 
 IGNORE = -100
-
-
-class SftDataError(UserError, ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -55,17 +51,17 @@ def read_sft_rows(path: Path, fmt: str, limit: int | None = None) -> Iterator[tu
     rows ``{id, messages}`` whose last message is the assistant's target (the prompt is then the
     earlier messages)."""
     count = 0
-    for number, row in iter_json_objects(path, SftDataError):
+    for number, row in iter_json_objects(path):
         where = f"{path}:{number}"
         if fmt == "raw":
             prompt, target = row.get("prompt"), row.get("completion")
             if not isinstance(prompt, str) or not isinstance(target, str) or not target.strip():
-                raise SftDataError(f"{where}: a raw row needs string fields prompt and completion (non-empty)")
+                raise InputError(f"{where}: a raw row needs string fields prompt and completion (non-empty)")
         else:
             messages = row.get("messages")
             if (not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages)
                     or messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str)):
-                raise SftDataError(f"{where}: a chat row needs messages ending with an assistant message")
+                raise InputError(f"{where}: a chat row needs messages ending with an assistant message")
             prompt, target = messages[:-1], messages[-1]["content"]
         yield str(row.get("id", number)), prompt, target
         count += 1

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from data.errors import UserError
+from data.errors import ConfigError, InputError, OutputError
 from data.records import config_hash, stable_seed
 from data.storage import (
     atomic_write_json,
@@ -62,10 +62,6 @@ TRAIN_LOG = "train_log.jsonl"
 ISOLATION_ATOL = 1e-3
 # Test hook: seconds to sleep after each optimizer step, so a test can kill a run mid-way.
 STEP_DELAY_ENV = "MATHSYNTH_TRAIN_STEP_DELAY"
-
-
-class TrainError(UserError, RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +96,7 @@ def build_rows(config: SynthTrainConfig, tokenizer) -> tuple[list[PackedRow], di
     examples = [tokenize_sft(tokenizer, i, prompt, target, config.max_length)
                 for i, prompt, target in read_sft_rows(config.data.file(), config.data.format, config.data.limit)]
     if not examples:
-        raise TrainError(f"data.path: {config.data.file()} holds no examples")
+        raise InputError(f"data.path: {config.data.file()} holds no examples")
     random.Random(stable_seed(config.seed, "pack")).shuffle(examples)
     rows = pack(examples, config.max_length, packing=config.packing)
     stats = {"examples": len(examples), "rows": len(rows),
@@ -218,7 +214,7 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
             log.info("%s: already trained; nothing to do", output)
             return manifest
         if manifest.get("complete"):
-            raise TrainError(f"output: {output} holds a model trained with another config; use a new output folder")
+            raise OutputError(f"output: {output} holds a model trained with another config; use a new output folder")
 
     cuda = torch.cuda.is_available()
     mixed = "bf16" if (cuda and config.dtype == "auto") else "no"
@@ -234,7 +230,7 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
     global_rows = config.per_device_batch_size * world * config.gradient_accumulation_steps
     steps_per_epoch = len(rows) // global_rows
     if steps_per_epoch == 0:
-        raise TrainError(f"data: {len(rows)} packed rows is less than one global batch ({global_rows} = "
+        raise InputError(f"data: {len(rows)} packed rows is less than one global batch ({global_rows} = "
                          f"per_device_batch_size x {world} processes x gradient_accumulation_steps)")
     total_steps = steps_per_epoch * config.epochs
 
@@ -247,18 +243,18 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
     if config.packing:
         gap = check_isolation(model, len(tokenizer))
         if gap > ISOLATION_ATOL:
-            raise TrainError(f"packing: this model lets packed examples attend to each other (logit gap {gap:.2g}); "
-                             f"set packing: false")
+            raise ConfigError(f"packing: this model lets packed examples attend to each other (logit gap {gap:.2g}); "
+                              f"set packing: false")
 
     start_step = 0
     saved = _checkpoints(output)
     if saved:
         state = read_json(saved[-1] / STATE_FILE)
         if state["run_hash"] != run_hash:
-            raise TrainError(f"output: {saved[-1]} was saved with another config; use a new output folder")
+            raise OutputError(f"output: {saved[-1]} was saved with another config; use a new output folder")
         if state.get("processes", world) != world:  # the data position is a step of global batches
-            raise TrainError(f"output: {saved[-1]} was saved by {state['processes']} processes; resume with the "
-                             f"same number (this run has {world})")
+            raise OutputError(f"output: {saved[-1]} was saved by {state['processes']} processes; resume with the "
+                              f"same number (this run has {world})")
         accelerator.load_state(str(saved[-1]))
         start_step = state["step"]
         log.info("resuming from %s (step %d of %d)", saved[-1], start_step, total_steps)

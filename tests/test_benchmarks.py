@@ -11,12 +11,12 @@ from data.benchmarks import (
     BENCHMARKS,
     DATA_DIR,
     EXEMPLAR_POOLS,
-    BenchmarkError,
     list_benchmarks,
     load_benchmark,
     load_benchmark_config,
 )
 from data.benchmarks.registry import asdiv_gold, despace_latex, number_text
+from data.errors import ConfigError, InputError
 from data.records import ANSWER_TYPES, BenchmarkRecord
 from eval.extraction import last_boxed
 from eval.prompts import PromptSetting, build_prompt, select_exemplars
@@ -164,7 +164,7 @@ def test_gold_helpers():
 
 def test_limit_and_unknown_name():
     assert [r.id for r in load_benchmark("gsm8k", limit=3)] == ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/2"]
-    with pytest.raises(BenchmarkError, match="unknown benchmark 'gsm9k'"):
+    with pytest.raises(ConfigError, match="unknown benchmark 'gsm9k'"):
         load_benchmark("gsm9k")
 
 
@@ -214,7 +214,7 @@ def test_custom_choice_benchmark_accepts_letters_indexes_and_texts(tmp_path):
 ])
 def test_bad_custom_config_is_a_one_line_error_naming_the_key(tmp_path, text, expected):
     path = _write_config(tmp_path, text, [{"q": "1+1?", "a": 2}])
-    with pytest.raises(BenchmarkError) as err:
+    with pytest.raises(ConfigError) as err:
         load_benchmark(load_benchmark_config(path))
     message = str(err.value)
     assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
@@ -225,7 +225,7 @@ def test_bad_custom_rows_name_file_and_line(tmp_path):
                                    "answer_type: number\n",
                          [{"body": "Tom has 2.", "q": "How many?", "a": 2}, {"body": "x", "q": "y", "a": "two"}])
     spec = load_benchmark_config(path, register=False)
-    with pytest.raises(BenchmarkError, match=r"bench.jsonl:2: answer 'two' is not a number"):
+    with pytest.raises(InputError, match=r"bench.jsonl:2: answer 'two' is not a number"):
         load_benchmark(spec)
     assert load_benchmark(spec, limit=1)[0].question == "Tom has 2. How many?"
 
@@ -297,7 +297,7 @@ def test_few_shot_exemplar_pool_excludes_every_test_question(monkeypatch):
 
     pool = load_benchmark("sat_math")
     monkeypatch.setattr(prompts, "load_exemplar_pool", lambda name: (None, pool))
-    with pytest.raises(BenchmarkError, match="only 0 usable exemplars"):
+    with pytest.raises(ConfigError, match="only 0 usable exemplars"):
         select_exemplars("sat_math", 1)
 
 
@@ -329,7 +329,7 @@ def test_unknown_setting_and_missing_pool(tmp_path):
                                    "answer_type: number\n", [{"q": "1+1?", "a": 2}])
     load_benchmark_config(path)
     try:
-        with pytest.raises(BenchmarkError, match="nopool: no few-shot exemplar pool"):
+        with pytest.raises(ConfigError, match="nopool: no few-shot exemplar pool"):
             build_prompt(load_benchmark("nopool")[0], "few_shot")
     finally:
         BENCHMARKS.pop("nopool")

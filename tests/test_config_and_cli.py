@@ -5,8 +5,9 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
+from data.errors import ConfigError
 from pipeline.cli import main
-from pipeline.config import ConfigError, load_config
+from pipeline.config import load_config
 from pipeline.generate import GenerateConfig
 
 GOOD = """

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from data.corpus import CorpusError, CorpusStats, iter_documents, resolve_sources
+from data.corpus import CorpusStats, iter_documents, resolve_sources
+from data.errors import InputError
 from data.records import content_id
 from data.samples import SAMPLE_CORPUS
 from data.shards import Shard
@@ -162,7 +163,7 @@ def test_fail_policy_raises_one_line_path_line_reason(tmp_path, bad_line, reason
     path.write_bytes(b'{"text": "good one"}\n\n' + bad_line + b'\n{"text": "never reached"}\n')
     stream = iter_documents(path, max_chars=100)
     assert next(stream).text == "good one"  # rows before the bad one were already streamed
-    with pytest.raises(CorpusError) as caught:
+    with pytest.raises(InputError) as caught:
         next(stream)
     message = str(caught.value)
     assert message == f"{path}:3: {reason}"  # line 2 is blank and still counted
@@ -188,14 +189,14 @@ def test_skip_policy_counts_by_reason_and_yields_the_good_rows(tmp_path):
 
 
 def test_bad_sources_name_the_path(tmp_path):
-    with pytest.raises(CorpusError, match=re.escape(f"{tmp_path}/nope.jsonl: no such file or folder")):
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path}/nope.jsonl: no such file or folder")):
         iter_documents(tmp_path / "nope.jsonl")  # checked at call time, before any row is read
-    with pytest.raises(CorpusError, match=re.escape(f"{tmp_path}/*.jsonl: glob matches nothing")):
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path}/*.jsonl: glob matches nothing")):
         iter_documents(f"{tmp_path}/*.jsonl")
     (tmp_path / "table.csv").write_text("a,b\n")
-    with pytest.raises(CorpusError, match="table.csv: unsupported file type"):
+    with pytest.raises(InputError, match="table.csv: unsupported file type"):
         iter_documents(tmp_path / "table.csv")
-    with pytest.raises(CorpusError, match="glob matches no corpus files"):
+    with pytest.raises(InputError, match="glob matches no corpus files"):
         iter_documents(f"{tmp_path}/*.csv")
     with pytest.raises(ValueError, match="policy='drop'"):
         iter_documents(tmp_path / "table.csv", policy="drop")
@@ -205,7 +206,7 @@ def test_saved_dataset_dict_asks_for_a_split(tmp_path):
     import datasets
 
     datasets.DatasetDict(train=datasets.Dataset.from_list(make_rows(2))).save_to_disk(str(tmp_path / "dd"))
-    with pytest.raises(CorpusError, match=r"a saved DatasetDict; name one split folder \(train\)"):
+    with pytest.raises(InputError, match=r"a saved DatasetDict; name one split folder \(train\)"):
         iter_documents(tmp_path / "dd")
     assert len(list(iter_documents(tmp_path / "dd" / "train"))) == 2
 
@@ -221,7 +222,7 @@ def test_truncated_zst_is_a_clear_error_not_a_silent_short_read(tmp_path):
     path = _truncated_zst(tmp_path / "torn.jsonl.zst", rows)
     stream = iter_documents(path)
     docs = []
-    with pytest.raises(CorpusError) as caught:
+    with pytest.raises(InputError) as caught:
         for doc in stream:
             docs.append(doc)
     assert triples(docs) == expected(rows[: len(docs)])  # only whole lines came out
@@ -241,7 +242,7 @@ def test_concatenated_zst_frames_and_truncated_gzip(tmp_path):
     assert triples(iter_documents(frames)) == expected(rows)
     torn_gz = tmp_path / "torn.jsonl.gz"
     torn_gz.write_bytes(gzip.compress(b"".join(data))[:-12])
-    with pytest.raises(CorpusError, match=r"torn\.jsonl\.gz:\d+: truncated or corrupt file \(EOFError"):
+    with pytest.raises(InputError, match=r"torn\.jsonl\.gz:\d+: truncated or corrupt file \(EOFError"):
         list(iter_documents(torn_gz))
 
 
@@ -294,7 +295,7 @@ def test_bad_rows_are_reported_only_by_their_owner(tmp_path):
     per_shard, stats = _shards(path, 2, policy="skip")
     assert [s.skipped for s in stats] == [{"malformed JSON": 1}, {}]
     assert [[d.text for d in docs] for docs in per_shard] == [["a", "d"], ["b", "c"]]
-    with pytest.raises(CorpusError, match=re.escape(f"{path}:4: malformed JSON")):
+    with pytest.raises(InputError, match=re.escape(f"{path}:4: malformed JSON")):
         list(iter_documents(path, shard=Shard(0, 2)))
     assert len(list(iter_documents(path, shard=Shard(1, 2)))) == 2  # the other shard is unaffected
 
@@ -334,7 +335,7 @@ def test_a_stage_output_folder_reads_its_parts_only_when_complete(tmp_path):
     writer = output.open_shard(Shard(0, 2))
     writer.write({"id": "a", "text": "first"})
     output.finish_shard(Shard(0, 2), writer, {})
-    with pytest.raises(CorpusError, match=r"stage output is incomplete \(shards \[1\] not done\)"):
+    with pytest.raises(InputError, match=r"stage output is incomplete \(shards \[1\] not done\)"):
         list(iter_documents(tmp_path / "up"))
     writer = output.open_shard(Shard(1, 2))
     writer.write({"id": "b", "text": "second"})

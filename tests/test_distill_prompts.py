@@ -4,7 +4,8 @@ from collections import Counter
 import pytest
 
 from data.stage_prompts.assignment import assign
-from data.stage_prompts.library import PROMPTS_DIR, PromptLibrary, PromptLibraryError
+from data.errors import ConfigError
+from data.stage_prompts.library import PROMPTS_DIR, PromptLibrary
 from data.stage_prompts.windows import windows
 
 STAGES = ["grade_school", "middle_school", "high_school", "college", "amc_8", "amc_10", "amc_12", "aime"]
@@ -53,7 +54,7 @@ def test_a_user_can_add_a_stage(tmp_path):
     (lambda s: s.replace("topics: [inequalities]", "topics: []"), r"stages\.yaml: olympiad: topics: .*at least 1"),
 ])
 def test_a_stage_missing_or_mistyping_a_field_fails_at_start_in_one_line(tmp_path, edit, message):
-    with pytest.raises(PromptLibraryError, match=message) as err:
+    with pytest.raises(ConfigError, match=message) as err:
         write_library(tmp_path, edit(GOOD_STAGE))
     assert "\n" not in str(err.value)
 
@@ -65,7 +66,7 @@ def test_a_stage_missing_or_mistyping_a_field_fails_at_start_in_one_line(tmp_pat
 ])
 def test_a_broken_template_fails_at_start(tmp_path, template, message):
     variants = f"cot:\n  window_chars: 1000\n  template: {template!r}\n"
-    with pytest.raises(PromptLibraryError, match=message):
+    with pytest.raises(ConfigError, match=message):
         write_library(tmp_path, GOOD_STAGE, variants)
 
 

@@ -19,7 +19,8 @@ from eval.extraction import (
     locate_answer,
     parse_number,
 )
-from eval.grade_cli import GradeInputError, grade_pairs
+from data.errors import InputError
+from eval.grade_cli import grade_pairs
 from eval.grading import Grader, answers_equal, grade, grade_text
 
 CASES_DIR = Path(__file__).resolve().parent / "grader_cases"
@@ -222,6 +223,6 @@ def test_grade_pairs_names_file_and_line(tmp_path, bad_line, message):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"gold": "1", "pred": "1"}\n' + bad_line + "\n", encoding="utf-8")
     out = io.StringIO()
-    with pytest.raises(GradeInputError, match=rf"pairs\.jsonl:2: .*{message}"):
+    with pytest.raises(InputError, match=rf"pairs\.jsonl:2: .*{message}"):
         grade_pairs(pairs, out)
     assert out.getvalue() == ""  # nothing graded from a bad file

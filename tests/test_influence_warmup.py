@@ -15,9 +15,9 @@ from conftest import REPO_ROOT, sample_texts, write_jsonl
 from safetensors.torch import load_file
 
 from data.corpus import CorpusStats
-from data.storage import StorageError
+from data.errors import InputError, OutputError
 from influence.config import InfluenceConfig
-from influence.examples import MISSING_PAIR, PairFieldError, collate
+from influence.examples import MISSING_PAIR, collate
 from influence.lora import attach_lora, list_checkpoints, lora_parameters
 from influence.warmup import (
     run_warmup,
@@ -143,7 +143,7 @@ def test_with_a_pair_field_only_the_pairs_tokens_are_scored(tmp_path, tiny_model
     assert scored.sum(dim=1).tolist() == [len(tokenizer.encode(r["synth"], add_special_tokens=False)) + 1 for r in rows]
 
     broken = write_jsonl(tmp_path / "broken.jsonl", [*rows[:3], {"id": "nopair", "text": "Some text."}, *rows[3:]])
-    with pytest.raises(PairFieldError) as failure:
+    with pytest.raises(InputError) as failure:
         warmup_examples(make_config(tmp_path, tiny_model, broken, fraction=1.0, candidates={"pair_field": "synth"}),
                         tokenizer)
     message = str(failure.value)
@@ -220,12 +220,12 @@ def test_a_kill_mid_epoch_loses_only_that_epoch_and_resume_is_exact(tmp_path, ti
 
 def test_a_different_config_on_the_same_folder_is_refused_once_an_epoch_is_saved(tmp_path, tiny_model, corpus):
     # Before any checkpoint there is nothing to protect: a corrected config starts over.
-    with pytest.raises(PairFieldError, match="pair_field 'synth' is missing"):
+    with pytest.raises(InputError, match="pair_field 'synth' is missing"):
         run_warmup(make_config(tmp_path, tiny_model, corpus, epochs=1, max_examples=8,
                                candidates={"pair_field": "synth"}))
     run_warmup(make_config(tmp_path, tiny_model, corpus, epochs=1, max_examples=8))
     for change, key in (({"learning_rate": 2e-3}, "warmup.learning_rate"), ({"epochs": 2}, "warmup.epochs")):
-        with pytest.raises(StorageError) as refused:
+        with pytest.raises(OutputError) as refused:
             run_warmup(make_config(tmp_path, tiny_model, corpus, **{"epochs": 1, "max_examples": 8, **change}))
         assert "\n" not in str(refused.value) and key in str(refused.value)
     # Settings the checkpoints do not depend on (later stages', the device) may change.

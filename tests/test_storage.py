@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from data.shards import Shard, ShardSpecError, parse_shard, resolve_shard
+from data.errors import ConfigError, InputError, OutputError
+from data.shards import Shard, parse_shard, resolve_shard
 from data.storage import (
     ShardWriter,
     StageOutput,
-    StorageError,
     iter_records,
     load_as_hf_dataset,
 )
@@ -53,7 +53,7 @@ def test_complete_but_unparsable_last_line_is_cut_off(tmp_path):
 def test_corrupt_line_in_the_middle_is_refused_with_file_and_line(tmp_path):
     path = tmp_path / "part.jsonl"
     path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
-    with pytest.raises(StorageError, match=r"part\.jsonl:2: corrupt record"):
+    with pytest.raises(OutputError, match=r"part\.jsonl:2: corrupt record"):
         ShardWriter(path)
 
 
@@ -76,20 +76,20 @@ def test_manifest_folds_every_shard_and_marks_complete(tmp_path):
 def test_incomplete_output_is_refused_downstream(tmp_path):
     output = StageOutput(tmp_path / "out", stage="demo", config=CONFIG, num_shards=2)
     _fill(output, Shard(0, 2), range(3))
-    with pytest.raises(StorageError, match=r"incomplete: shards \[1\] of 2"):
+    with pytest.raises(InputError, match=r"incomplete: shards \[1\] of 2"):
         list(iter_records(tmp_path / "out"))
     assert len(list(iter_records(tmp_path / "out", require_complete=False))) == 3
 
 
 def test_a_different_config_is_refused_naming_what_changed(tmp_path):
     StageOutput(tmp_path / "out", stage="demo", config=CONFIG)
-    with pytest.raises(StorageError, match=r"different config \(changed: nested\.b\)"):
+    with pytest.raises(OutputError, match=r"different config \(changed: nested\.b\)"):
         StageOutput(tmp_path / "out", stage="demo", config={"a": 1, "nested": {"b": "y"}})
 
 
 def test_a_different_shard_count_is_refused(tmp_path):
     StageOutput(tmp_path / "out", stage="demo", config=CONFIG, num_shards=4)
-    with pytest.raises(StorageError, match="split into 4 shards"):
+    with pytest.raises(OutputError, match="split into 4 shards"):
         StageOutput(tmp_path / "out", stage="demo", config=CONFIG, num_shards=2)
 
 
@@ -106,7 +106,7 @@ def test_shard_resolution_from_flag_and_slurm():
     env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MIN": "1"}
     assert resolve_shard(None, env) == Shard(4, 8)
     for bad in ("3", "a/b", "4/4", "-1/2"):
-        with pytest.raises(ShardSpecError):
+        with pytest.raises(ConfigError):
             parse_shard(bad)
 
 
@@ -115,5 +115,5 @@ def test_operational_keys_may_change_on_a_rerun(tmp_path):
     StageOutput(tmp_path / "out", stage="demo", config=config, operational=["engine.budget"])
     raised = {"engine": {"model": "m", "budget": {"max_calls": 500}}, "x": 1}
     StageOutput(tmp_path / "out", stage="demo", config=raised, operational=["engine.budget"])
-    with pytest.raises(StorageError, match=r"changed: engine\.model"):
+    with pytest.raises(OutputError, match=r"changed: engine\.model"):
         StageOutput(tmp_path / "out", stage="demo", config={**raised, "engine": {"model": "other"}}, operational=["engine.budget"])

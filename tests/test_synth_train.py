@@ -17,9 +17,9 @@ import pytest
 import torch
 from conftest import REPO_ROOT, sample_texts, write_jsonl
 
-from data.errors import UserError
+from data.errors import ConfigError, UserError
 from pipeline.config import load_config
-from synth.config import SynthConfigError, SynthTrainConfig, check_train_config
+from synth.config import SynthTrainConfig, check_train_config
 from synth.packing import (
     IGNORE,
     check_isolation,
@@ -281,7 +281,7 @@ def test_schedules_and_config_errors(tiny_model, sft, tmp_path):
     bad.write_text(f"model: {tiny_model}\ndata: {{path: {sft}}}\noutput: x\nlerning_rate: 1\n")
     with pytest.raises(UserError, match="lerning_rate: unknown key"):
         load_config(SynthTrainConfig, bad)
-    with pytest.raises(SynthConfigError, match="data.path: .*nothing not found"):
+    with pytest.raises(ConfigError, match="data.path: .*nothing not found"):
         check_train_config(make_config(tiny_model, tmp_path / "nothing", tmp_path / "x"))
     with pytest.raises(Exception, match="less than one global batch"):
         run_train(make_config(tiny_model, sft, tmp_path / "y", data={"path": str(sft), "limit": 3}))

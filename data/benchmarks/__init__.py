@@ -5,7 +5,6 @@ from data.benchmarks.registry import (
     BENCHMARKS,
     DATA_DIR,
     EXEMPLAR_POOLS,
-    BenchmarkError,
     BenchmarkSpec,
     CustomBenchmarkConfig,
     ExemplarPool,
@@ -17,6 +16,6 @@ from data.benchmarks.registry import (
 )
 
 __all__ = [
-    "BENCHMARKS", "DATA_DIR", "EXEMPLAR_POOLS", "BenchmarkError", "BenchmarkSpec", "CustomBenchmarkConfig",
+    "BENCHMARKS", "DATA_DIR", "EXEMPLAR_POOLS", "BenchmarkSpec", "CustomBenchmarkConfig",
     "ExemplarPool", "get_spec", "list_benchmarks", "load_benchmark", "load_benchmark_config", "load_exemplar_pool",
 ]

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.config_files import read_yaml_mapping, validate_model
-from data.errors import UserError
+from data.errors import ConfigError, InputError
 from data.jsonl import iter_json_objects
 from data.records import AnswerType, BenchmarkRecord
 from data.text import (
@@ -27,10 +27,6 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 LETTERS = "ABCDEFGHIJ"
 
 PromptStyle = Literal["zero_shot", "few_shot", "chat"]
-
-
-class BenchmarkError(UserError, ValueError):
-    """A benchmark that cannot be loaded; the message is one line naming the file (and line or key)."""
 
 
 Loader = Callable[["BenchmarkSpec"], Iterator[BenchmarkRecord]]
@@ -57,13 +53,13 @@ class BenchmarkSpec:
 def _rows(spec: BenchmarkSpec) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line, object) for each non-blank line; a bad line stops with file:line."""
     if not spec.file.is_file():
-        raise BenchmarkError(f"{spec.file}: benchmark file not found")
-    yield from iter_json_objects(spec.file, BenchmarkError)
+        raise InputError(f"{spec.file}: benchmark file not found")
+    yield from iter_json_objects(spec.file)
 
 
 def _field(spec: BenchmarkSpec, line_no: int, row: dict[str, Any], name: str) -> Any:
     if name not in row or row[name] is None:
-        raise BenchmarkError(f"{spec.file}:{line_no}: missing field {name!r}")
+        raise InputError(f"{spec.file}:{line_no}: missing field {name!r}")
     return row[name]
 
 
@@ -72,13 +68,13 @@ def _record(spec: BenchmarkSpec, index: int, line_no: int, **fields: Any) -> Ben
     fields.setdefault("id", f"{spec.name}/{spec.split}/{index}")
     gold = fields.get("gold")
     if not isinstance(gold, str) or not gold.strip():
-        raise BenchmarkError(f"{spec.file}:{line_no}: empty gold answer")
+        raise InputError(f"{spec.file}:{line_no}: empty gold answer")
     if not str(fields.get("question") or "").strip():
-        raise BenchmarkError(f"{spec.file}:{line_no}: empty question")
+        raise InputError(f"{spec.file}:{line_no}: empty question")
     if fields["answer_type"] == "choice":
         choices = fields.get("choices") or []
         if len(gold) != 1 or gold not in LETTERS[: len(choices)]:
-            raise BenchmarkError(f"{spec.file}:{line_no}: gold {gold!r} is not a letter of its {len(choices)} choices")
+            raise InputError(f"{spec.file}:{line_no}: gold {gold!r} is not a letter of its {len(choices)} choices")
     return BenchmarkRecord(benchmark=spec.name, **fields)
 
 
@@ -142,7 +138,7 @@ def load_gsm8k(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
         answer = _field(spec, line_no, row, "answer")
         solution, sep, gold = answer.rpartition("#### ")
         if not sep:
-            raise BenchmarkError(f"{spec.file}:{line_no}: no '#### ' gold line")
+            raise InputError(f"{spec.file}:{line_no}: no '#### ' gold line")
         solution = re.sub(r"<<[^<>]*>>", "", solution).strip()
         yield _record(spec, index, line_no, question=_field(spec, line_no, row, "question"),
                       gold=number_text(gold), reference_solution=solution)
@@ -156,7 +152,7 @@ def load_math(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
         if gold is None and spec.options.get("skip_empty_gold"):
             continue  # two MATH train solutions box nothing (\boxed{}): useless as exemplars
         if gold is None:
-            raise BenchmarkError(f"{spec.file}:{line_no}: no (non-empty) \\boxed{{}} answer in the solution")
+            raise InputError(f"{spec.file}:{line_no}: no (non-empty) \\boxed{{}} answer in the solution")
         meta = {k: row[k] for k in ("idx", "unique_id") if k in row}
         yield _record(spec, index, line_no, question=_field(spec, line_no, row, "problem"), gold=gold.strip(),
                       subject=row.get("type"), level=row.get("level"), reference_solution=solution, meta=meta)
@@ -235,7 +231,7 @@ def load_tabmwp(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
             gold, answer_type = answer, "text"
             if choices:
                 if answer not in choices:
-                    raise BenchmarkError(f"{spec.file}:{line_no}: answer {answer!r} is not one of its choices")
+                    raise InputError(f"{spec.file}:{line_no}: answer {answer!r} is not one of its choices")
                 meta["gold_letter"] = LETTERS[choices.index(answer)]
         title = (row.get("table_title") or "").strip()
         table = _field(spec, line_no, row, "table")
@@ -260,7 +256,7 @@ def load_sat_math(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
         try:
             choices = _split_options(_field(spec, line_no, row, "options"))
         except ValueError as err:
-            raise BenchmarkError(f"{spec.file}:{line_no}: cannot split options ({err})") from None
+            raise InputError(f"{spec.file}:{line_no}: cannot split options ({err})") from None
         yield _record(spec, index, line_no, question=_field(spec, line_no, row, "question"),
                       gold=str(_field(spec, line_no, row, "Answer")).strip().upper(), choices=choices,
                       meta={"source_id": row.get("id")})
@@ -299,7 +295,7 @@ def load_mmlu_stem(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
         choices = [str(c) for c in _field(spec, line_no, row, "choices")]
         answer = _field(spec, line_no, row, "answer")
         if not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise BenchmarkError(f"{spec.file}:{line_no}: answer index {answer!r} out of range")
+            raise InputError(f"{spec.file}:{line_no}: answer index {answer!r} out of range")
         yield _record(spec, index, line_no, question=_field(spec, line_no, row, "question"), gold=LETTERS[answer],
                       choices=choices, subject=row.get("type"))
 
@@ -428,7 +424,7 @@ def get_spec(name_or_spec: str | BenchmarkSpec) -> BenchmarkSpec:
     try:
         return BENCHMARKS[name_or_spec]
     except KeyError:
-        raise BenchmarkError(f"unknown benchmark {name_or_spec!r}; known: {', '.join(sorted(BENCHMARKS))}") from None
+        raise ConfigError(f"unknown benchmark {name_or_spec!r}; known: {', '.join(sorted(BENCHMARKS))}") from None
 
 
 def list_benchmarks() -> list[str]:
@@ -443,13 +439,13 @@ def load_benchmark(name_or_spec: str | BenchmarkSpec, *, limit: int | None = Non
     seen: set[str] = set()
     for record in spec.loader(spec):
         if record.id in seen:
-            raise BenchmarkError(f"{spec.file}: duplicate id {record.id!r}")
+            raise InputError(f"{spec.file}: duplicate id {record.id!r}")
         seen.add(record.id)
         records.append(record)
         if limit is not None and len(records) >= limit:
             return records
     if spec.expected_rows is not None and len(records) != spec.expected_rows:
-        raise BenchmarkError(f"{spec.file}: {len(records)} rows, expected {spec.expected_rows}")
+        raise InputError(f"{spec.file}: {len(records)} rows, expected {spec.expected_rows}")
     return records
 
 
@@ -457,7 +453,7 @@ def load_exemplar_pool(name: str) -> tuple[ExemplarPool, list[BenchmarkRecord]]:
     try:
         pool = EXEMPLAR_POOLS[name]
     except KeyError:
-        raise BenchmarkError(f"unknown exemplar pool {name!r}; known: {', '.join(sorted(EXEMPLAR_POOLS))}") from None
+        raise ConfigError(f"unknown exemplar pool {name!r}; known: {', '.join(sorted(EXEMPLAR_POOLS))}") from None
     return pool, [r for r in load_benchmark(pool.spec) if pool.keep(r)]
 
 
@@ -499,13 +495,13 @@ class CustomBenchmarkConfig(BaseModel):
 def _format_question(template: str, row: dict[str, Any], where: str) -> str:
     if "{" not in template:
         if row.get(template) is None:
-            raise BenchmarkError(f"{where}: missing field {template!r}")
+            raise InputError(f"{where}: missing field {template!r}")
         return str(row[template])
 
     def fill(match: re.Match) -> str:
         key = match.group(1)
         if row.get(key) is None:
-            raise BenchmarkError(f"{where}: missing field {key!r}")
+            raise InputError(f"{where}: missing field {key!r}")
         return str(row[key])
 
     return re.sub(r"\{([^{}]+)\}", fill, template)
@@ -514,7 +510,7 @@ def _format_question(template: str, row: dict[str, Any], where: str) -> str:
 def _choice_gold(answer: Any, choices: list[str], where: str) -> str:
     """A letter, a 0-based index, or the text of one of the choices -> the letter."""
     if isinstance(answer, bool):
-        raise BenchmarkError(f"{where}: choice answer {answer!r} is neither a letter, an index nor a choice")
+        raise InputError(f"{where}: choice answer {answer!r} is neither a letter, an index nor a choice")
     if isinstance(answer, int) and 0 <= answer < len(choices):
         return LETTERS[answer]
     text = str(answer).strip()
@@ -523,7 +519,7 @@ def _choice_gold(answer: Any, choices: list[str], where: str) -> str:
         return letter
     if text in choices:
         return LETTERS[choices.index(text)]
-    raise BenchmarkError(f"{where}: choice answer {answer!r} is neither a letter, an index nor a choice")
+    raise InputError(f"{where}: choice answer {answer!r} is neither a letter, an index nor a choice")
 
 
 def _custom_loader(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
@@ -535,7 +531,7 @@ def _custom_loader(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
         if config.choices_field:
             choices = _field(spec, line_no, row, config.choices_field)
             if not isinstance(choices, list) or not choices:
-                raise BenchmarkError(f"{where}: {config.choices_field!r} is not a non-empty list")
+                raise InputError(f"{where}: {config.choices_field!r} is not a non-empty list")
             choices = [str(c) for c in choices]
         if config.answer_type == "choice":
             gold = _choice_gold(answer, choices or [], where)
@@ -543,7 +539,7 @@ def _custom_loader(spec: BenchmarkSpec) -> Iterator[BenchmarkRecord]:
             try:
                 gold = number_text(answer)
             except ValueError:
-                raise BenchmarkError(f"{where}: answer {answer!r} is not a number (answer_type number)") from None
+                raise InputError(f"{where}: answer {answer!r} is not a number (answer_type number)") from None
         else:
             gold = str(answer).strip()
         ids = {"id": f"{spec.name}/{_field(spec, line_no, row, config.id_field)}"} if config.id_field else {}
@@ -559,15 +555,15 @@ def load_benchmark_config(path: str | Path, *, register: bool = True) -> Benchma
     unless ``register=False``, make it loadable by name. Problems are one-line errors naming
     the file and key."""
     path = Path(path)
-    raw = read_yaml_mapping(path, BenchmarkError)
-    config = validate_model(CustomBenchmarkConfig, raw, str(path), BenchmarkError)
+    raw = read_yaml_mapping(path)
+    config = validate_model(CustomBenchmarkConfig, raw, str(path))
     if config.name in BENCHMARKS and BENCHMARKS[config.name].loader is not _custom_loader:
-        raise BenchmarkError(f"{path}: name: {config.name!r} is a shipped benchmark; pick another name")
+        raise ConfigError(f"{path}: name: {config.name!r} is a shipped benchmark; pick another name")
     file = Path(config.path).expanduser()
     if not file.is_absolute():
         file = (path.parent / file).resolve()
     if not file.is_file():
-        raise BenchmarkError(f"{path}: path: {file} not found")
+        raise ConfigError(f"{path}: path: {file} not found")
     spec = BenchmarkSpec(name=config.name, file=file, answer_type=config.answer_type, loader=_custom_loader,
                          expected_rows=config.expected_rows, few_shot=config.few_shot,
                          default_prompt=config.default_prompt, licence=config.licence,
@@ -578,7 +574,7 @@ def load_benchmark_config(path: str | Path, *, register: bool = True) -> Benchma
 
 
 __all__ = [
-    "BENCHMARKS", "BenchmarkError", "BenchmarkSpec", "CustomBenchmarkConfig", "DATA_DIR",
+    "BENCHMARKS", "BenchmarkSpec", "CustomBenchmarkConfig", "DATA_DIR",
     "EXEMPLAR_POOLS", "ExemplarPool", "LETTERS", "asdiv_gold", "despace_latex", "get_spec",
     "list_benchmarks", "load_benchmark", "load_benchmark_config", "load_exemplar_pool", "number_text",
 ]

@@ -13,15 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.config_files import read_yaml_mapping, validate_model
-from data.errors import UserError
+from data.errors import ConfigError
 from data.records import content_id
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 TEMPLATE_NAMES = {"text", "stage", "demo"}  # what a variant template is rendered with
-
-
-class PromptLibraryError(UserError, ValueError):
-    pass
 
 
 class StageSpec(BaseModel):
@@ -77,20 +73,20 @@ class PromptLibrary:
             names = meta.find_undeclared_variables(self._env.parse(spec.template))
             template = self._env.from_string(spec.template)
         except jinja2.TemplateSyntaxError as err:
-            raise PromptLibraryError(f"{where}: line {err.lineno}: {err.message}") from None
+            raise ConfigError(f"{where}: line {err.lineno}: {err.message}") from None
         if "text" not in names:
-            raise PromptLibraryError(f"{where}: never shows the source text ({{{{ text }}}})")
+            raise ConfigError(f"{where}: never shows the source text ({{{{ text }}}})")
         if unknown := sorted(names - TEMPLATE_NAMES):
-            raise PromptLibraryError(f"{where}: unknown name(s) {', '.join(unknown)} (templates see {', '.join(sorted(TEMPLATE_NAMES))})")
+            raise ConfigError(f"{where}: unknown name(s) {', '.join(unknown)} (templates see {', '.join(sorted(TEMPLATE_NAMES))})")
         if "demo" in names and not spec.demo:
-            raise PromptLibraryError(f"{source}: {name}.demo: the template shows a demo but none is given")
+            raise ConfigError(f"{source}: {name}.demo: the template shows a demo but none is given")
         return template
 
     def check(self, stage: str, variant: str) -> None:
         if stage not in self.stages:
-            raise PromptLibraryError(f"stage {stage!r} is not in the library ({', '.join(self.stages)})")
+            raise ConfigError(f"stage {stage!r} is not in the library ({', '.join(self.stages)})")
         if variant not in self.variants:
-            raise PromptLibraryError(f"variant {variant!r} is not in the library ({', '.join(self.variants)})")
+            raise ConfigError(f"variant {variant!r} is not in the library ({', '.join(self.variants)})")
 
     def render(self, stage: str, variant: str, text: str) -> str:
         """The teacher prompt for ``text`` (already windowed by the caller)."""
@@ -105,12 +101,12 @@ class PromptLibrary:
 
 
 def _entries(path: Path, model: type[BaseModel]) -> dict[str, Any]:
-    raw = read_yaml_mapping(path, PromptLibraryError)
+    raw = read_yaml_mapping(path)
     if not raw:
-        raise PromptLibraryError(f"{path}: no entries")
+        raise ConfigError(f"{path}: no entries")
     entries = {}
     for name, body in raw.items():
         if not isinstance(body, dict):
-            raise PromptLibraryError(f"{path}: {name}: expected a mapping of keys")
-        entries[str(name)] = validate_model(model, body, f"{path}: {name}", PromptLibraryError)
+            raise ConfigError(f"{path}: {name}: expected a mapping of keys")
+        entries[str(name)] = validate_model(model, body, f"{path}: {name}")
     return entries
