@@ -41,11 +41,23 @@ def part_stem(shard: Shard) -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` so that readers see the old file or the new one, never half of it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with naming_the_file(path), open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def naming_the_file(path: Path) -> Iterator[None]:
+    """An OSError from writing to an open file (a full disk) names no file: add ``path``, so
+    that the one-line error says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -147,20 +159,27 @@ class ShardWriter:
         record_id = record["id"]
         if record_id in self.ids:
             return False
-        self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._hold(record)
-        now = time.monotonic()
-        if now - self._last_flush >= FLUSH_INTERVAL_S:
-            self._handle.flush()
-            self._last_flush = now
+        with naming_the_file(self.path):
+            self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            self._hold(record)
+            now = time.monotonic()
+            if now - self._last_flush >= FLUSH_INTERVAL_S:
+                self._handle.flush()
+                self._last_flush = now
         return True
+
+    def flush(self) -> None:
+        """Make every written line readable by another handle (the OS has it; not yet synced)."""
+        with naming_the_file(self.path):
+            self._handle.flush()
 
     def close(self, sync: bool = False) -> None:
         if self._handle.closed:
             return
-        self._handle.flush()
-        if sync:
-            os.fsync(self._handle.fileno())
+        with naming_the_file(self.path):
+            self._handle.flush()
+            if sync:
+                os.fsync(self._handle.fileno())
         self._handle.close()
 
 
@@ -177,23 +196,32 @@ class StageOutput:
         inputs: list[str | Path] = (),
         num_shards: int = 1,
         operational: Iterable[str] = (),
+        finish_step: bool = False,
     ) -> None:
         """``operational``: dotted config keys that change how a run goes but not what it
         produces (a budget, concurrency, timeouts): left out of the hash, so they can be changed
-        on a rerun of the same folder."""
+        on a rerun of the same folder. ``finish_step``: the stage has work that runs once every
+        shard is sealed (an export, a report); the output is complete only after it."""
         self.folder = Path(folder)
         self.stage = stage
         self.config = config
         self.operational = tuple(operational)
         self.config_hash = config_hash(without_keys(config, self.operational))
         self.num_shards = num_shards
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.finish_step = finish_step
+        _make_output_folder(self.folder)
         with self._locked():
             manifest = self._read_manifest()
             if manifest is None:
+                _refuse_foreign_files(self.folder)
                 self._write_manifest(self._new_manifest([describe_input(p) for p in inputs]))
-            else:
-                self._check_compatible(manifest)
+            elif not self._compatible(manifest):
+                if holds_work(self.folder):
+                    self._refuse(manifest)
+                # Nothing was produced under the old config (a run stopped by a wrong path, a
+                # bad row, a typo): the folder takes the corrected one.
+                log.info("%s: no records yet; replacing the manifest of an earlier attempt", self.folder)
+                self._write_manifest(self._new_manifest([describe_input(p) for p in inputs]))
 
     # -- paths -------------------------------------------------------------------------
     def part_path(self, shard: Shard) -> Path:
@@ -260,6 +288,7 @@ class StageOutput:
             "versions": package_versions(),
             "num_shards": self.num_shards,
             "shards_done": [],
+            "finish_step": self.finish_step,
             "complete": False,
             "counts": {},
             "timings": {},
@@ -267,7 +296,11 @@ class StageOutput:
             "created_at": _now(),
         }
 
-    def _check_compatible(self, manifest: dict[str, Any]) -> None:
+    def _compatible(self, manifest: dict[str, Any]) -> bool:
+        return (manifest.get("stage") == self.stage and manifest.get("config_hash") == self.config_hash
+                and manifest.get("num_shards") == self.num_shards)
+
+    def _refuse(self, manifest: dict[str, Any]) -> None:
         if manifest.get("stage") != self.stage or manifest.get("config_hash") != self.config_hash:
             changed = _changed_keys(without_keys(manifest.get("config", {}), self.operational),
                                     without_keys(self.config, self.operational))
@@ -275,11 +308,10 @@ class StageOutput:
                 f"{self.folder}: holds a {manifest.get('stage')} run with a different config "
                 f"(changed: {', '.join(changed) or 'stage'}); use a new output folder or restore the config"
             )
-        if manifest.get("num_shards") != self.num_shards:
-            raise OutputError(
-                f"{self.folder}: this output is split into {manifest.get('num_shards')} shards; "
-                f"got {self.num_shards} (use the same N or a new output folder)"
-            )
+        raise OutputError(
+            f"{self.folder}: this output is split into {manifest.get('num_shards')} shards; "
+            f"got {self.num_shards} (use the same N or a new output folder)"
+        )
 
     def refresh_manifest(self) -> dict[str, Any]:
         """Fold every sealed shard's stats into the manifest (sums of numeric leaves)."""
@@ -288,22 +320,67 @@ class StageOutput:
             done = []
             totals: dict[str, Any] = {}
             timings: dict[str, float] = {}
+            warnings: list[str] = []
             for index in range(self.num_shards):
                 shard = Shard(index, self.num_shards)
                 if not self.is_done(shard):
                     continue
                 done.append(index)
                 stats = read_json(self.stats_path(shard))
+                warnings.extend(stats.get("warnings", []))
                 _add_numbers(totals, {k: v for k, v in stats.items() if k not in ("usage", "seconds")})
                 _add_numbers(totals.setdefault("usage", {}), stats.get("usage", {}))
                 timings[part_stem(shard)] = stats.get("seconds", 0.0)
             manifest["shards_done"] = done
-            manifest["complete"] = len(done) == self.num_shards
+            manifest["complete"] = len(done) == self.num_shards and (
+                not manifest.get("finish_step") or bool(manifest.get("finished_at")))
             manifest["usage"] = totals.pop("usage", {})
             manifest["counts"] = totals
             manifest["timings"] = {"shard_seconds": timings, "total_shard_seconds": sum(timings.values())}
+            if warnings:
+                manifest["warnings"] = warnings
             self._write_manifest(manifest)
             return manifest
+
+    def record_shard_stats(self, shard: Shard, stats: dict[str, Any]) -> None:
+        """Stats of a shard whose part the finish step writes (its own run only prepared work)."""
+        atomic_write_json(self.folder / f"{part_stem(shard)}.prepared.json", stats)
+
+    def prepared_stats(self, shard: Shard) -> dict[str, Any]:
+        path = self.folder / f"{part_stem(shard)}.prepared.json"
+        return read_json(path) if path.exists() else {}
+
+    def all_shards_sealed(self) -> bool:
+        return all(self.is_done(Shard(index, self.num_shards)) for index in range(self.num_shards))
+
+    def is_finished(self) -> bool:
+        manifest = self._read_manifest() or {}
+        return bool(manifest.get("finished_at"))
+
+    def mark_finished(self, facts: dict[str, Any]) -> dict[str, Any]:
+        """Record the finish step's facts; from here on the output is complete."""
+        self.annotate_manifest({**facts, "finished_at": _now()})
+        return self.refresh_manifest()
+
+    @contextmanager
+    def shard_lock(self, shard: Shard) -> Iterator[None]:
+        """Held for a shard's whole life: a second process on the same shard (a double-submitted
+        array, a rerun while the first still runs) is refused instead of writing every record
+        twice. flock is released by the kernel when the holder dies, kill -9 included."""
+        self._check_shard(shard)
+        with exclusive_lock(self.folder / f".{part_stem(shard)}.lock",
+                            f"{self.folder}: shard {shard} is being run by another process"):
+            yield
+
+    @contextmanager
+    def finish_lock(self) -> Iterator[None]:
+        """One process runs the finish step; another that gets there waits, then finds it done."""
+        with open(self.folder / ".finish.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def annotate_manifest(self, facts: dict[str, Any]) -> dict[str, Any]:
         """Add run-level facts (a cost, an export's size) that only the finished run knows."""
@@ -312,6 +389,64 @@ class StageOutput:
             manifest.update(facts)
             self._write_manifest(manifest)
             return manifest
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy_message: str) -> Iterator[None]:
+    """A non-blocking exclusive flock on ``path``; if another process holds it, a one-line
+    error naming that process (its pid, host and start time are written into the lock file)."""
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputError(f"{busy_message} ({holder}); wait for it to end, or kill it and rerun") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()} since {_now()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
+
+
+def _make_output_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"output: {folder} is an existing file, not a folder")
+    if str(folder.resolve()).startswith(("/proc/", "/sys/", "/dev/")) or str(folder.resolve()) in ("/proc", "/sys", "/dev"):
+        raise OutputError(f"output: {folder} is under a kernel file system; choose a folder on a disk")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"output: cannot create {folder} ({err.strerror or err})") from None
+
+
+def _refuse_foreign_files(folder: Path) -> None:
+    """A folder that is not a stage output but holds files is someone's: writing a run into it
+    would mix with or overwrite them."""
+    foreign = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+    if foreign:
+        raise OutputError(f"output: {folder} holds files and is not a stage output (no {MANIFEST}; "
+                           f"e.g. {sorted(foreign)[0]}); choose a new or empty folder")
+
+
+def holds_work(folder: Path) -> bool:
+    """Whether anything was produced in ``folder``: a non-empty file other than the manifest
+    (records, rejects, features, checkpoints) or a shard's ``.done`` marker."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name == MANIFEST or name.startswith("."):
+                continue
+            path = Path(root) / name
+            if name.endswith(".done") or path.stat().st_size > 0:
+                return True
+    return False
 
 
 def without_keys(config: dict[str, Any], dotted: Iterable[str]) -> dict[str, Any]:

@@ -14,23 +14,19 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data.corpus import CorpusInput, CorpusStats, read_corpus
-from data.progress import progress_bar
+from data.corpus import CorpusInput, read_corpus, resolve_sources
 from data.records import Document
 from data.shards import Shard
 from data.stage_prompts.library import PromptLibrary
 from data.stage_prompts.prompted import PromptKeys, load_library, prompted_windows
-from data.storage import (
-    ShardWriter,
-    StageOutput,
-    atomic_write_text,
-    iter_records,
-    part_stem,
-)
-from llm.config import EngineConfig, operational_keys
-from llm.engine import Engine, make_engine
+from data.storage import ShardWriter, StageOutput, atomic_write_text, iter_records
+from llm.config import EngineConfig
+from llm.engine import Engine
 from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
+from runner.ownership import ByCorpusRecord
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 
 log = logging.getLogger(__name__)
 
@@ -123,29 +119,36 @@ def accepted_problems(path: Path) -> Iterator[str]:
                     yield json.loads(line)["problem"]
 
 
-def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
-    """One shard's life: skip if sealed; else ask the teacher for what is missing, validate,
-    and seal; write the SFT export once every shard is sealed."""
-    from distill.validation import CandidateOutput, ValidationConfig, Validator
-    from eval.sandbox import Sandbox, SandboxConfig
+class DistillStage(Stage):
+    """Teacher calls per source window, validated into accepted records and ``rejects-*``;
+    the SFT export once every shard is sealed."""
 
-    library = load_library(config)
-    output = StageOutput(config.output, stage="distill", config=config.model_dump(mode="json"),
-                         inputs=config.input.paths, num_shards=shard.count,
-                         operational=operational_keys("teacher"))
-    if output.is_done(shard):
-        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
-        manifest = output.refresh_manifest()
-    else:
-        accepted = output.open_shard(shard)
-        suffix = part_stem(shard)[len("part-"):]
-        rejected = ShardWriter(output.folder / f"rejects-{suffix}.jsonl")
+    name = "distill"
+    ownership = ByCorpusRecord()
+    has_finish_step = True
+
+    def __init__(self, config: DistillConfig) -> None:
+        super().__init__(config)
+        self.library = load_library(config)  # a bad stages/variants file fails before any write
+
+    def inputs(self) -> list[str]:
+        return list(self.config.input.paths)
+
+    def check(self) -> None:
+        resolve_sources(self.config.input.paths)
+
+    def engine_config(self):
+        return self.config.teacher
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        from distill.validation import CandidateOutput, ValidationConfig, Validator
+        from eval.sandbox import Sandbox, SandboxConfig
+
+        config = self.config
+        accepted, rejected = work.writer, work.side("rejects")
         # With self-consistency, what passes validation is only a candidate until the check.
         checking = config.self_consistency.k > 0
-        candidates = ShardWriter(output.folder / f"candidates-{suffix}.jsonl") if checking else accepted
-        corpus_stats = CorpusStats()
-        owns_engine = engine is None
-        engine = make_engine(config.teacher) if owns_engine else engine
+        candidates = work.side("candidates") if checking else accepted
         needs_sandbox = config.variants.get("tool", 0) > 0 and ValidationConfig(**config.validation).check_code
         sandbox = Sandbox(SandboxConfig(**config.sandbox)) if needs_sandbox else None
         validator = Validator(ValidationConfig(**config.validation), sandbox=sandbox)
@@ -154,10 +157,10 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
 
         def to_records(item: WorkItem, result: GenerationResult, model_name: str):
             rows = list(result_records(item, result, model_name))
-            candidates = [CandidateOutput(key=row["id"], completion=row["completion"],
-                                          source_text=item.provenance["source_text"], variant=item.provenance["variant"])
-                          for row in rows]
-            for row, verdict in zip(rows, validator.check_many(candidates)):
+            outputs = [CandidateOutput(key=row["id"], completion=row["completion"],
+                                       source_text=item.provenance["source_text"], variant=item.provenance["variant"])
+                       for row in rows]
+            for row, verdict in zip(rows, validator.check_many(outputs)):
                 parsed = verdict.parsed
                 yield {
                     **{k: v for k, v in row.items() if k != "source_text"},
@@ -171,36 +174,40 @@ def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = 
                 }
 
         try:
-            with progress_bar(f"distill {shard}", unit="text") as advance:
-                stats = run_generation(build_items(read_corpus(config.input, shard, corpus_stats), library, config),
-                                       engine, AcceptedOrRejected(candidates, rejected), to_records=to_records,
-                                       progress=advance)
+            items = build_items(work.documents(config.input), self.library, config)
+            with work.progress("text") as advance:
+                stats = run_generation(items, work.engine, AcceptedOrRejected(candidates, rejected),
+                                       to_records=to_records, progress=advance)
             if checking:
                 candidates.close(sync=True)
-                self_consistency_pass(candidates.path, accepted, rejected, engine, config)
-            engine_usage = engine.run_usage()
+                self_consistency_pass(candidates.path, accepted, rejected, work.engine, config)
         finally:
             if sandbox is not None:
                 sandbox.close()
-            if owns_engine:
-                engine.close()
-            rejected.close(sync=True)
+        rejected.close(sync=True)
         reasons: dict[str, int] = {}
         with open(rejected.path, encoding="utf-8") as handle:
             for line in handle:
                 reason = json.loads(line)["reject_reason"]
                 reasons[reason] = reasons.get(reason, 0) + 1
-        # Every teacher answer cost tokens, kept or not.
-        tokens = {k: accepted.usage.get(k, 0) + rejected.usage.get(k, 0) for k in set(accepted.usage) | set(rejected.usage)}
-        usage = {**tokens, **engine_usage}
-        manifest = output.finish_shard(shard, accepted, {
-            "texts": stats.items_total, "generated": stats.items_generated, "resumed_done": stats.items_skipped_done,
-            "rejected": len(rejected), "rejected_by_reason": reasons, "corpus_skipped": dict(corpus_stats.skipped),
-            "seconds": stats.seconds, "usage": usage,
-        })
-    if manifest["complete"]:
-        manifest = _finish_run(output, config)
-    return manifest
+        # Every teacher answer cost tokens, kept or not (the accepted ones are summed on sealing).
+        return {"texts": stats.items_total, "generated": stats.items_generated, "resumed_done": stats.items_skipped_done,
+                "rejected": len(rejected), "rejected_by_reason": reasons, "seconds": stats.seconds,
+                "usage": {k: accepted.usage.get(k, 0) + rejected.usage.get(k, 0)
+                          for k in set(accepted.usage) | set(rejected.usage)}}
+
+    def finish(self, output: StageOutput) -> dict[str, Any]:
+        return write_sft_export(output, self.config)
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts", {})
+        return (f"{counts.get('records', 0)} accepted, {counts.get('rejected', 0)} rejected "
+                f"{counts.get('rejected_by_reason', {})} from {counts.get('texts', 0)} texts")
+
+
+def run_distill(config: DistillConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
+    """One shard of ``mathsynth distill`` (see :mod:`runner.run`)."""
+    return run_stage(DistillStage(config), shard, engine=engine)
 
 
 def self_consistency_pass(candidates: Path, accepted: ShardWriter, rejected: ShardWriter, engine: Engine,
@@ -220,7 +227,8 @@ def self_consistency_pass(candidates: Path, accepted: ShardWriter, rejected: Sha
                 pending[record["id"]] = record
 
     def requests() -> Iterator[GenerationRequest]:
-        for record_id, record in pending.items():
+        # A snapshot: the engine draws requests while finished results are popped from pending.
+        for record_id, record in list(pending.items()):
             prompt = check.prompt.replace("{problem}", record["problem"])
             sampling = config.sampling.model_copy(update={"n": check.k, "seed": derive_seed(config.sampling.seed, f"{record_id}#sc")})
             yield GenerationRequest.single_turn(record_id, sampling, prompt, chat=config.format == "chat")
@@ -247,11 +255,11 @@ def self_consistency_pass(candidates: Path, accepted: ShardWriter, rejected: Sha
         grader.close()
 
 
-def _finish_run(output: StageOutput, config: DistillConfig) -> dict[str, Any]:
-    """Cost in the manifest, and the SFT export: the stage prompt with its source text as input,
-    the problem and solution as target, in raw-prompt and chat form."""
+def write_sft_export(output: StageOutput, config: DistillConfig) -> dict[str, Any]:
+    """The SFT export (the stage prompt with its source text as input, the problem and solution
+    as target, in raw-prompt and chat form) and the run's cost, for the manifest."""
     raw_lines, chat_lines = [], []
-    for record in iter_records(output.folder):
+    for record in iter_records(output.folder, require_complete=False):
         prompt = record["prompt"] if isinstance(record["prompt"], str) else record["prompt"][-1]["content"]
         target = f"{record['problem'].strip()}\n\n## Solution\n{record['solution'].strip()}\n"
         raw_lines.append(json.dumps({"id": record["id"], "prompt": prompt, "completion": target}, ensure_ascii=False))
@@ -259,10 +267,9 @@ def _finish_run(output: StageOutput, config: DistillConfig) -> dict[str, Any]:
             {"role": "user", "content": prompt}, {"role": "assistant", "content": target}]}, ensure_ascii=False))
     atomic_write_text(output.folder / "sft_raw.jsonl", "".join(line + "\n" for line in raw_lines))
     atomic_write_text(output.folder / "sft_chat.jsonl", "".join(line + "\n" for line in chat_lines))
-    manifest = output.refresh_manifest()
-    usage = manifest.get("usage", {})
+    usage = output.refresh_manifest().get("usage", {})
     cost = config.pricing.cost(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
-    return output.annotate_manifest({"cost_usd": round(cost, 6), "sft_examples": len(raw_lines)})
+    return {"cost_usd": round(cost, 6), "sft_examples": len(raw_lines)}
 
 
 def dry_run(config: DistillConfig, shard: Shard) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from data.errors import InputError
 from data.storage import atomic_write_json, atomic_write_text, iter_records, read_json
 from eval.metrics import Problem, Sample, default_ks, summarise, summarise_by_group
 
@@ -65,9 +66,10 @@ def _metric_order(name: str) -> tuple[str, int]:
     return (kind, int(k))
 
 
-def write_report(folder: Path) -> dict[str, Any]:
-    """Report of a complete eval output folder, written atomically beside its rows."""
-    manifest = read_json(folder / "manifest.json")
+def write_report(folder: Path, *, require_complete: bool = True) -> dict[str, Any]:
+    """Report of a complete eval output folder, written atomically beside its rows.
+    ``require_complete=False``: the runner's finish step, once every shard is sealed."""
+    manifest = _eval_manifest(folder)
     config = manifest["config"]
     meta = {
         "model": config["engine"]["model"],
@@ -77,10 +79,21 @@ def write_report(folder: Path) -> dict[str, Any]:
         "n": config["n"],
         "config_hash": manifest["config_hash"],
     }
-    report = build_report(iter_records(folder), meta=meta)
+    report = build_report(iter_records(folder, require_complete=require_complete), meta=meta)
     atomic_write_json(folder / "report.json", report)
     atomic_write_text(folder / "report.md", markdown(report))
     return report
+
+
+def _eval_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of an eval output folder; any other folder (or none) is a one-line error."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{folder}: not a stage output (no manifest.json)")
+    manifest = read_json(path)
+    if manifest.get("stage") != "eval":
+        raise InputError(f"{folder}: holds a {manifest.get('stage')} output, not an eval run")
+    return manifest
 
 
 def accuracy_line(benchmark: str, rows: list[dict[str, Any]]) -> str:

@@ -17,10 +17,13 @@ from data.progress import progress_bar
 from data.records import BenchmarkRecord, content_id
 from data.shards import Shard
 from data.storage import ShardWriter, StageOutput
-from llm.config import EngineConfig, operational_keys
-from llm.engine import Engine, make_engine
+from llm.config import EngineConfig
+from llm.engine import Engine
 from llm.generation_run import WorkItem, derive_seed, record_id, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
+from runner.ownership import ByPosition
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 
 log = logging.getLogger(__name__)
 
@@ -252,39 +255,54 @@ def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading,
     return {"samples_resumed_done": skipped, "records_written": written}
 
 
-def run_eval(config: EvalConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
-    """One shard's life, as every stage: skip if sealed, else evaluate what is missing, seal,
-    and write the report once every shard is sealed."""
-    from eval.report import write_report
+class EvalStage(Stage):
+    """Benchmark problems owned by position; every sample graded; the report once all are sealed."""
 
-    records = load_records(config)
-    output = StageOutput(config.output, stage="eval", config=config.model_dump(mode="json"),
-                         inputs=config.benchmarks + config.custom_benchmarks, num_shards=shard.count,
-                         operational=operational_keys("engine"))
-    if output.is_done(shard):
-        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
-        manifest = output.refresh_manifest()
-    else:
-        mine = [r for i, r in enumerate(records) if shard.owns(i)]
-        owns_engine = engine is None
-        engine = make_engine(config.engine) if owns_engine else engine
-        writer = output.open_shard(shard)
+    name = "eval"
+    ownership = ByPosition()
+    has_finish_step = True
+
+    def __init__(self, config: EvalConfig) -> None:
+        super().__init__(config)
+        self.records: list[BenchmarkRecord] = []
+
+    def inputs(self) -> list[str]:
+        return self.config.benchmarks + self.config.custom_benchmarks
+
+    def check(self) -> None:
+        self.records = load_records(self.config)
+
+    def engine_config(self):
+        return self.config.engine
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        config = self.config
+        mine = self.ownership.items(self.records, work.shard)
         grading = Grading(config.grading_timeout_s)
         try:
-            prompts = PromptMaker(config, tokenizer=getattr(engine, "tokenizer", None))
+            prompts = PromptMaker(config, tokenizer=getattr(work.engine, "tokenizer", None))
             items = nl_items(mine, prompts, config)
-            with progress_bar(f"eval {shard}", total=len(mine) * config.n, unit="sample") as advance:
+            with work.progress("sample", total=len(mine) * config.n) as advance:
                 if config.setting == "nl":
-                    stats = run_nl(items, engine, writer, grading, advance)
+                    stats = run_nl(items, work.engine, work.writer, grading, advance)
                 else:
-                    stats = run_with_tools(items, engine, writer, grading, config, advance)
-            stats["usage"] = engine.run_usage()
+                    stats = run_with_tools(items, work.engine, work.writer, grading, config, advance)
         finally:
             grading.close()
-            if owns_engine:
-                engine.close()
-            writer.close()
-        manifest = output.finish_shard(shard, writer, {"problems": len(mine), **stats})
-    if manifest["complete"]:
-        write_report(Path(config.output))
-    return manifest
+        return {"problems": len(mine), **stats}
+
+    def finish(self, output: StageOutput) -> dict[str, Any]:
+        from eval.report import write_report
+
+        write_report(output.folder, require_complete=False)
+        return {"report": "report.json"}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts", {})
+        return f"{counts.get('records', 0)} graded samples of {counts.get('problems', 0)} problems"
+
+
+def run_eval(config: EvalConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
+    """One shard of ``mathsynth eval run`` (see :mod:`runner.run`); the report is written once
+    every shard is sealed."""
+    return run_stage(EvalStage(config), shard, engine=engine)

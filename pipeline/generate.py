@@ -11,16 +11,16 @@ from typing import Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data.corpus import CorpusInput, CorpusStats, read_corpus
-from data.progress import progress_bar
+from data.corpus import CorpusInput, resolve_sources
+from data.errors import ConfigError
 from data.records import Document, content_id
 from data.shards import Shard
-from data.storage import StageOutput
-from llm.config import EngineConfig, operational_keys
-from llm.engine import make_engine
+from llm.config import EngineConfig
 from llm.generation_run import WorkItem, derive_seed, run_generation
 from llm.types import GenerationRequest, SamplingParams
-from pipeline.config import ConfigError
+from runner.ownership import ByCorpusRecord
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 
 log = logging.getLogger(__name__)
 
@@ -112,53 +112,42 @@ def build_items(
         yield WorkItem(request=request, provenance=provenance)
 
 
-def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | None = None, engine=None) -> dict:
-    """One shard's whole life: skip if sealed, else generate what is missing and seal it.
+class GenerateStage(Stage):
+    """Template -> engine -> one record per completion, documents owned by record."""
 
-    ``engine``: an engine already built from ``config.engine`` (benchmarks reuse one across
-    runs); by default the run builds its own and closes it at the end."""
-    renderer = PromptRenderer(config.prompt, base_dir=config_dir)
-    output = StageOutput(
-        config.output,
-        stage="generate",
-        config=config.model_dump(mode="json"),
-        inputs=config.input.paths,
-        num_shards=shard.count,
-        operational=operational_keys("engine"),
-    )
-    if output.is_done(shard):
-        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
-        return output.refresh_manifest()
-    corpus_stats = CorpusStats()
-    docs = read_corpus(config.input, shard, corpus_stats)
-    writer = output.open_shard(shard)
-    owns_engine = engine is None
-    engine = make_engine(config.engine) if owns_engine else engine
-    try:
-        with progress_bar(f"generate {shard}", unit="doc") as advance:
-            stats = run_generation(
-                build_items(docs, renderer, config.sampling, config.keep_prompt), engine, writer, progress=advance
-            )
-        engine_usage = engine.run_usage()
-    finally:
-        if owns_engine:
-            engine.close()
-        writer.close()
-    log.info(
-        "shard %s: %d docs (%d already done), %d records, %.1f docs/s, %.0f completion tokens/s",
-        shard, stats.items_total, stats.items_skipped_done, stats.records_written,
-        stats.items_generated / max(stats.seconds, 1e-9), stats.completion_tokens / max(stats.seconds, 1e-9),
-    )
-    shard_stats = {
-        "documents": stats.items_total,
-        "generated": stats.items_generated,
-        "resumed_done": stats.items_skipped_done,
-        "corpus_skipped": dict(corpus_stats.skipped),
-        "seconds": stats.seconds,
-        # What the engine did in this run (calls, cache hits, retries); the tokens of the
-        # records themselves are summed by the storage layer.
-        "usage": engine_usage,
-    }
-    if corpus_stats.skipped:
-        log.warning("shard %s: %s", shard, corpus_stats.summary())
-    return output.finish_shard(shard, writer, shard_stats)
+    name = "generate"
+    ownership = ByCorpusRecord()
+
+    def __init__(self, config: GenerateConfig, config_dir: Path | None = None) -> None:
+        super().__init__(config)
+        self.renderer = PromptRenderer(config.prompt, base_dir=config_dir)  # a bad template fails here
+
+    def inputs(self) -> list[str]:
+        return list(self.config.input.paths)
+
+    def check(self) -> None:
+        resolve_sources(self.config.input.paths)
+
+    def engine_config(self):
+        return self.config.engine
+
+    def run_shard(self, work: ShardWork) -> dict:
+        config = self.config
+        items = build_items(work.documents(config.input), self.renderer, config.sampling, config.keep_prompt)
+        with work.progress("doc") as advance:
+            stats = run_generation(items, work.engine, work.writer, progress=advance)
+        log.info("shard %s: %d docs (%d already done), %d records, %.1f docs/s, %.0f completion tokens/s",
+                 work.shard, stats.items_total, stats.items_skipped_done, stats.records_written,
+                 stats.items_generated / max(stats.seconds, 1e-9), stats.completion_tokens / max(stats.seconds, 1e-9))
+        return {"documents": stats.items_total, "generated": stats.items_generated,
+                "resumed_done": stats.items_skipped_done, "seconds": stats.seconds}
+
+    def summary(self, manifest: dict) -> str:
+        counts = manifest.get("counts", {})
+        return f"{counts.get('records', 0)} records from {counts.get('documents', 0)} documents"
+
+
+def run_generate(config: GenerateConfig, shard: Shard, *, config_dir: Path | None = None, engine=None) -> dict:
+    """One shard of ``mathsynth generate`` (see :mod:`runner.run`). ``engine``: one already
+    built from ``config.engine`` (benchmarks and the demo reuse one across runs)."""
+    return run_stage(GenerateStage(config, config_dir), shard, engine=engine)

@@ -19,16 +19,15 @@ any point is finished by a rerun without duplicating or losing a record.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from data.config_base import StrictConfig, operational
 from data.dedup import ShardSketch, merge_shards
 from data.errors import InputError
 from data.jsonl import iter_json_objects
@@ -42,6 +41,9 @@ from data.storage import (
     part_stem,
     read_json,
 )
+from runner.ownership import ByInputPart
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 from synth.filters import (
     CodeCheckFilter,
     ConsistencyFilter,
@@ -49,6 +51,7 @@ from synth.filters import (
     FormatFilter,
     LengthFilter,
     RecordFilters,
+    wrong_field_type,
 )
 from synth.text_format import pretraining_text
 
@@ -59,9 +62,7 @@ DATASET_FIELDS = ("id", "text", "problem", "solution", "final_answer", "variant"
                   "prompt_id", "item_key", "sample_index", "model")
 
 
-class DedupFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DedupFilter(StrictConfig):
     enabled: bool = True
     field: str = Field("problem", description="the text compared: problem (default) or text (problem + solution)")
     threshold: float = Field(0.8, gt=0, le=1, description="word 5-gram Jaccard at or above which a later copy goes")
@@ -69,9 +70,7 @@ class DedupFilter(BaseModel):
     num_perm: int = Field(128, ge=16)
 
 
-class SynthFilterConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SynthFilterConfig(StrictConfig):
     input: str = Field(..., min_length=1, description="a synth generate output folder (every shard sealed)")
     output: str = Field(..., min_length=1)
     format: FormatFilter = Field(default_factory=FormatFilter)
@@ -80,18 +79,20 @@ class SynthFilterConfig(BaseModel):
     code_check: CodeCheckFilter = Field(default_factory=CodeCheckFilter)
     consistency: ConsistencyFilter = Field(default_factory=ConsistencyFilter)
     dedup: DedupFilter = Field(default_factory=DedupFilter)
-    batch_size: int = Field(256, ge=1, description="records per filter batch (one sandbox and grader call)")
-
-
-OPERATIONAL = ("batch_size", "code_check.sandbox.workers", "code_check.sandbox.start_timeout_s")
+    batch_size: int = operational(256, ge=1, description="records per filter batch (one sandbox and grader call)")
 
 
 def input_parts(config: SynthFilterConfig) -> list[Path]:
+    """The generate run's part files, once it is a finished ``synth generate`` output."""
     folder = Path(config.input)
     manifest = folder / "manifest.json"
     if not manifest.exists():
         raise InputError(f"input: {folder} is not a stage output folder (no manifest.json)")
-    if not read_json(manifest).get("complete"):
+    upstream = read_json(manifest)
+    if upstream.get("stage") != "synth_generate":
+        raise InputError(f"input: {folder} is a {upstream.get('stage')} output; synth filter reads a synth generate "
+                         "output (records with problem, solution and variant)")
+    if not upstream.get("complete"):
         raise InputError(f"input: {folder}: not every shard is sealed yet; finish synth generate first")
     return part_files(folder)
 
@@ -109,10 +110,13 @@ class WorkFiles:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a part file; one without an id is a one-line error naming file and line."""
+    """Records of a part file; one without an id, or with a text field of another type, is a
+    one-line error naming file and line."""
     for line_no, row in iter_json_objects(path):
         if not isinstance(row.get("id"), str):
             raise InputError(f"{path}:{line_no}: record without a string 'id'")
+        if problem := wrong_field_type(row):
+            raise InputError(f"{path}:{line_no}: {problem}")
         yield row
 
 
@@ -161,16 +165,6 @@ def dataset_record(record: dict[str, Any]) -> dict[str, Any]:
     found = {name: record.get(name) for name in DATASET_FIELDS}
     found["text"] = record.get("text") or pretraining_text(record["problem"], record["solution"], record["variant"])
     return found
-
-
-@contextmanager
-def dedup_lock(output: Path) -> Iterator[None]:
-    with open(output / "work" / "dedup.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def duplicates(output: Path, parts: list[Path], config: SynthFilterConfig) -> dict[str, dict[str, Any]]:
@@ -225,37 +219,68 @@ def write_shard(output: StageOutput, shard: Shard, parts: list[Path], dropped: d
     })
 
 
+class SynthFilterStage(Stage):
+    """Input parts owned by position; a shard's run filters its parts (phase 1), and the finish
+    step, once every part is filtered, dedups across all of them and writes and seals every
+    shard (phase 2): see the module docstring."""
+
+    name = "synth_filter"
+    ownership = ByInputPart()
+    seals_own_shard = False
+    has_finish_step = True
+
+    def __init__(self, config: SynthFilterConfig) -> None:
+        super().__init__(config)
+        self.parts: list[Path] = []
+
+    def inputs(self) -> list[str]:
+        return [self.config.input]
+
+    def operational_keys(self) -> list[str]:
+        return super().operational_keys() + ["code_check.sandbox.workers", "code_check.sandbox.start_timeout_s"]
+
+    def check(self) -> None:
+        self.parts = input_parts(self.config)
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        config, folder = self.config, work.output.folder
+        filters = RecordFilters(config.format, config.length, config.decontamination, config.code_check,
+                                config.consistency, cache_dir=folder / "work")
+        try:
+            for part in self.ownership.parts(self.parts, work.shard):
+                filter_part(part, WorkFiles(folder, part), filters, config)
+        finally:
+            filters.close()
+        waiting = [part.name for part in self.parts if not WorkFiles(folder, part).done.exists()]
+        if waiting:
+            log.info("shard %s filtered; %d input part(s) still being filtered by other shards (%s ...); "
+                     "the last shard to finish dedups across all of them and writes the dataset",
+                     work.shard, len(waiting), waiting[0])
+        return {}
+
+    def ready_to_finish(self, output: StageOutput) -> bool:
+        return all(WorkFiles(output.folder, part).done.exists() for part in self.parts)
+
+    def finish(self, output: StageOutput) -> dict[str, Any]:
+        dropped = duplicates(output.folder, self.parts, self.config)
+        for index in range(output.num_shards):
+            shard = Shard(index, output.num_shards)
+            if not output.is_done(shard):
+                write_shard(output, shard, self.ownership.parts(self.parts, shard), dropped,
+                            output.prepared_stats(shard).get("seconds", 0.0))
+        counts = output.refresh_manifest().get("counts", {})
+        log.info("%s: %d of %d records kept", output.folder, counts.get("kept", 0), counts.get("input_records", 0))
+        return {}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts", {})
+        if not manifest.get("complete"):
+            return "filtered; waiting for the other shards (the last one dedups and writes the dataset)"
+        reasons = counts.get("rejected_by_reason", {})
+        return (f"kept {counts.get('kept', 0)} of {counts.get('input_records', 0)} records; rejected: "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) or 'none'}")
+
+
 def run_synth_filter(config: SynthFilterConfig, shard: Shard) -> dict[str, Any]:
-    parts = input_parts(config)
-    output = StageOutput(config.output, stage="synth_filter", config=config.model_dump(mode="json"),
-                         inputs=[config.input], num_shards=shard.count, operational=OPERATIONAL)
-    if output.is_done(shard):
-        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
-        return output.refresh_manifest()
-    started = time.monotonic()
-    mine = [part for j, part in enumerate(parts) if j % shard.count == shard.index]
-    filters = RecordFilters(config.format, config.length, config.decontamination, config.code_check,
-                            config.consistency, cache_dir=output.folder / "work")
-    try:
-        for part in mine:
-            filter_part(part, WorkFiles(output.folder, part), filters, config)
-    finally:
-        filters.close()
-    seconds = time.monotonic() - started
-    waiting = [part.name for part in parts if not WorkFiles(output.folder, part).done.exists()]
-    if waiting:
-        log.info("shard %s filtered; %d input part(s) still being filtered by other shards (%s ...); "
-                 "the last shard to finish dedups across all of them and writes the dataset",
-                 shard, len(waiting), waiting[0])
-        return output.refresh_manifest()
-    with dedup_lock(output.folder):
-        dropped = duplicates(output.folder, parts, config)
-        for index in range(shard.count):
-            other = Shard(index, shard.count)
-            if not output.is_done(other):
-                owned = [part for j, part in enumerate(parts) if j % shard.count == index]
-                write_shard(output, other, owned, dropped, seconds if other == shard else 0.0)
-    manifest = output.refresh_manifest()
-    counts = manifest.get("counts", {})
-    log.info("%s: %d of %d records kept", config.output, counts.get("kept", 0), counts.get("input_records", 0))
-    return manifest
+    """One shard of ``mathsynth synth filter`` (see :mod:`runner.run`)."""
+    return run_stage(SynthFilterStage(config), shard)

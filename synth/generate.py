@@ -18,18 +18,19 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from data.corpus import CorpusInput, CorpusStats, read_corpus
-from data.progress import progress_bar
+from data.corpus import CorpusInput, resolve_sources
 from data.records import Document, content_id
 from data.shards import Shard
 from data.stage_prompts.library import PromptLibrary
 from data.stage_prompts.parsing import parse_completion
 from data.stage_prompts.prompted import PromptKeys, load_library, prompted_windows
-from data.storage import StageOutput
-from llm.config import EngineConfig, operational_keys
-from llm.engine import Engine, make_engine
+from llm.config import EngineConfig
+from llm.engine import Engine
 from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
+from runner.ownership import ByCorpusRecord
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 from synth.text_format import pretraining_text
 
 log = logging.getLogger(__name__)
@@ -127,38 +128,44 @@ def parse_errors(part) -> dict[str, int]:
     return counts
 
 
-def run_synth_generate(config: SynthGenerateConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
-    """One shard's life: skip if sealed; else sample what is missing and seal it.
+class SynthGenerateStage(Stage):
+    """The synthesizer's samples per prompted window, every one kept and parsed where it can be."""
 
-    ``engine``: one already built from ``config.engine``; by default the run builds its own."""
-    library = load_library(config)
-    output = StageOutput(config.output, stage="synth_generate", config=config.model_dump(mode="json"),
-                         inputs=config.input.paths, num_shards=shard.count, operational=operational_keys("engine"))
-    if output.is_done(shard):
-        log.info("%s: shard %s already complete; nothing to do", config.output, shard)
-        return output.refresh_manifest()
-    corpus_stats = CorpusStats()
-    writer = output.open_shard(shard)
-    owns_engine = engine is None
-    try:
-        engine = make_engine(config.engine) if owns_engine else engine
-        with progress_bar(f"synth generate {shard}", unit="window") as advance:
-            stats = run_generation(build_items(read_corpus(config.input, shard, corpus_stats), library, config),
-                                   engine, writer, to_records=parsed_records, progress=advance)
-        engine_usage = engine.run_usage()
-    finally:
-        if owns_engine and engine is not None:
-            engine.close()
-        writer.close()
-    log.info("shard %s: %d windows (%d already done), %d records, %.1f windows/s, %.0f completion tokens/s",
-             shard, stats.items_total, stats.items_skipped_done, stats.records_written,
-             stats.items_generated / max(stats.seconds, 1e-9), stats.completion_tokens / max(stats.seconds, 1e-9))
-    if corpus_stats.skipped:
-        log.warning("shard %s: %s", shard, corpus_stats.summary())
-    return output.finish_shard(shard, writer, {
-        "windows": stats.items_total, "generated": stats.items_generated, "resumed_done": stats.items_skipped_done,
-        "parse_errors": parse_errors(writer.path),
-        "corpus_skipped": dict(corpus_stats.skipped), "seconds": stats.seconds,
-        # Engine calls and cache hits of this run; the records' tokens are summed by storage.
-        "usage": engine_usage,
-    })
+    name = "synth_generate"
+    ownership = ByCorpusRecord()
+
+    def __init__(self, config: SynthGenerateConfig) -> None:
+        super().__init__(config)
+        self.library = load_library(config)
+
+    def inputs(self) -> list[str]:
+        return list(self.config.input.paths)
+
+    def check(self) -> None:
+        resolve_sources(self.config.input.paths)
+
+    def engine_config(self):
+        return self.config.engine
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        items = build_items(work.documents(self.config.input), self.library, self.config)
+        with work.progress("window") as advance:
+            stats = run_generation(items, work.engine, work.writer, to_records=parsed_records, progress=advance)
+        log.info("shard %s: %d windows (%d already done), %d records, %.1f windows/s, %.0f completion tokens/s",
+                 work.shard, stats.items_total, stats.items_skipped_done, stats.records_written,
+                 stats.items_generated / max(stats.seconds, 1e-9), stats.completion_tokens / max(stats.seconds, 1e-9))
+        work.writer.flush()  # so the whole shard can be read back
+        return {"windows": stats.items_total, "generated": stats.items_generated,
+                "resumed_done": stats.items_skipped_done, "parse_errors": parse_errors(work.writer.path),
+                "seconds": stats.seconds}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts", {})
+        return (f"{counts.get('records', 0)} records from {counts.get('windows', 0)} text windows, "
+                f"{sum(counts.get('parse_errors', {}).values())} that do not parse (kept, marked parse_error)")
+
+
+def run_synth_generate(config: SynthGenerateConfig, shard: Shard, *, engine: Engine | None = None) -> dict[str, Any]:
+    """One shard of ``mathsynth synth generate`` (see :mod:`runner.run`). ``engine``: one
+    already built from ``config.engine``; by default the runner builds its own."""
+    return run_stage(SynthGenerateStage(config), shard, engine=engine)

@@ -81,14 +81,22 @@ def test_incomplete_output_is_refused_downstream(tmp_path):
     assert len(list(iter_records(tmp_path / "out", require_complete=False))) == 3
 
 
+def _holding_a_record(output: StageOutput) -> StageOutput:
+    """A folder that holds no record yet takes any config; these tests are about one that does."""
+    writer = output.open_shard(Shard(0, output.num_shards))
+    writer.write({"id": "r0"})
+    writer.close()
+    return output
+
+
 def test_a_different_config_is_refused_naming_what_changed(tmp_path):
-    StageOutput(tmp_path / "out", stage="demo", config=CONFIG)
+    _holding_a_record(StageOutput(tmp_path / "out", stage="demo", config=CONFIG))
     with pytest.raises(OutputError, match=r"different config \(changed: nested\.b\)"):
         StageOutput(tmp_path / "out", stage="demo", config={"a": 1, "nested": {"b": "y"}})
 
 
 def test_a_different_shard_count_is_refused(tmp_path):
-    StageOutput(tmp_path / "out", stage="demo", config=CONFIG, num_shards=4)
+    _holding_a_record(StageOutput(tmp_path / "out", stage="demo", config=CONFIG, num_shards=4))
     with pytest.raises(OutputError, match="split into 4 shards"):
         StageOutput(tmp_path / "out", stage="demo", config=CONFIG, num_shards=2)
 
@@ -112,7 +120,7 @@ def test_shard_resolution_from_flag_and_slurm():
 
 def test_operational_keys_may_change_on_a_rerun(tmp_path):
     config = {"engine": {"model": "m", "budget": {"max_calls": 5}}, "x": 1}
-    StageOutput(tmp_path / "out", stage="demo", config=config, operational=["engine.budget"])
+    _holding_a_record(StageOutput(tmp_path / "out", stage="demo", config=config, operational=["engine.budget"]))
     raised = {"engine": {"model": "m", "budget": {"max_calls": 500}}, "x": 1}
     StageOutput(tmp_path / "out", stage="demo", config=raised, operational=["engine.budget"])
     with pytest.raises(OutputError, match=r"changed: engine\.model"):
