@@ -11,7 +11,7 @@ from typing import Any, Collection, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from data.errors import ConfigError
+from data.errors import ConfigError, not_utf8
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -20,8 +20,14 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: {not_utf8(err)}") from None
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -24,3 +24,8 @@ class InputError(UserError, ValueError):
 class OutputError(UserError, ValueError):
     """The output folder cannot be used as asked: it holds a run with another config or
     another stage, another shard count, a corrupt part, or it is not a folder."""
+
+
+def not_utf8(err: UnicodeDecodeError) -> str:
+    """Why a line cannot be read, naming the first bad byte: the file is in another encoding."""
+    return f"not UTF-8 (byte 0x{err.object[err.start]:02x}); save the file as UTF-8"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from data.errors import InputError
+from data.errors import InputError, not_utf8
 
 
 def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -14,11 +14,15 @@ def iter_json_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     ``InputError("path:line: why")``."""
     path = Path(path)
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, "rb")  # decoded line by line, so a bad byte is reported with its line
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
     with handle:
-        for line_no, line in enumerate(handle, start=1):
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"{path}:{line_no}: {not_utf8(err)}") from None
             if not line.strip():
                 continue
             try:

@@ -341,15 +341,26 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not _is_user_error(err):
             raise
-        print(f"mathsynth {args.command}: error: {err}", file=sys.stderr)
+        message = str(err)
+        if isinstance(err, OSError):
+            import errno
+
+            advice = "give a file path" if err.errno == errno.EISDIR else "free space and rerun: finished work is kept"
+            message = f"{err.filename or 'an output file'}: {err.strerror.lower()}; {advice}"
+        print(f"mathsynth {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
 
 
 def _is_user_error(err: Exception) -> bool:
-    """Errors whose message already tells the user what to fix: no traceback for those."""
+    """Errors whose message already tells the user what to fix: no traceback for those. A full
+    disk or quota, and a folder given where a file is written, are the machine's or the user's
+    to fix, not a bug: every stage keeps what it finished, so a rerun goes on from there."""
+    import errno
+
     from data.errors import UserError
 
-    return isinstance(err, UserError)
+    return isinstance(err, UserError) or (
+        isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EISDIR))
 
 
 if __name__ == "__main__":

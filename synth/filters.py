@@ -98,6 +98,20 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# The fields the filters read as text. synth generate writes a string or null in each; another
+# value (a hand-made or foreign file) would otherwise fail deep inside a filter.
+TEXT_FIELDS = ("problem", "solution", "final_answer", "code", "variant", "parse_error", "text")
+
+
+def wrong_field_type(record: dict[str, Any]) -> str | None:
+    """What is wrong with the first text field holding something else than a string or null."""
+    for name in TEXT_FIELDS:
+        value = record.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"field {name!r} must be a string or null, got {type(value).__name__}"
+    return None
+
+
 def format_reason(record: dict[str, Any], config: FormatFilter) -> str | None:
     if record.get("parse_error"):
         return record["parse_error"]

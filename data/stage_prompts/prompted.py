@@ -6,10 +6,11 @@ inherit them, so the same values give the same prompts, keys and ids in both sta
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from data.records import Document, content_id
 from data.stage_prompts.assignment import assign
@@ -27,6 +28,17 @@ class PromptKeys(BaseModel):
     stages_file: str | None = Field(None, description="your own stages.yaml (default: the shipped library)")
     variants_file: str | None = None
     seed: int = Field(0, description="the (stage, variant) draw per text")
+
+    @field_validator("stages", "variants")
+    @classmethod
+    def _drawable(cls, weights: dict[str, float]) -> dict[str, float]:
+        """The draw picks among positive weights: a negative one would silently act as 0, and
+        with none positive no text could be given a prompt."""
+        if not all(math.isfinite(w) and w >= 0 for w in weights.values()):
+            raise ValueError("weights must be finite numbers >= 0")
+        if not any(w > 0 for w in weights.values()):
+            raise ValueError("needs at least one positive weight")
+        return weights
 
 
 @dataclass(frozen=True)
