@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Literal, Sequence, Union
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from data.config_base import StrictConfig, operational
 from data.errors import InputError
 from data.records import Document, SourceLocation, content_id
 from data.shards import Shard
@@ -459,15 +460,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class CorpusInput(BaseModel):
+class CorpusInput(StrictConfig):
     """The ``input:`` section of a stage config: which corpus, and how to read it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     paths: list[str] = Field(..., min_length=1, description="files, folders or globs of a corpus")
     text_field: str = "text"
     id_field: str | None = "id"
-    policy: Literal["fail", "skip"] = "fail"
+    # Operational: a run that stopped at a bad row under "fail" holds only good records, so the
+    # same folder may be finished under "skip".
+    policy: Literal["fail", "skip"] = operational("fail")
     max_chars: int = Field(1_000_000, ge=1, description="longer texts are bad input")
     limit: int | None = Field(None, ge=1, description="only the first N documents (of the whole corpus)")
 

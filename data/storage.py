@@ -214,10 +214,11 @@ class StageOutput:
         self.num_shards = num_shards
         self.finish_step = finish_step
         _make_output_folder(self.folder)
+        if not (self.folder / MANIFEST).exists():
+            _refuse_foreign_files(self.folder)  # before even a lock file lands among them
         with self._locked():
             manifest = self._read_manifest()
             if manifest is None:
-                _refuse_foreign_files(self.folder)
                 self._write_manifest(self._new_manifest([describe_input(p) for p in inputs]))
             elif not self._compatible(manifest):
                 if holds_work(self.folder):

@@ -289,7 +289,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from data.samples import SAMPLE_CORPUS
     from data.shards import Shard
     from eval.run import EvalConfig, run_eval
-    from llm.engine import make_engine
+    from llm.factory import make_engine
     from llm.tiny import build_tiny_model
     from pipeline.config import load_config
     from pipeline.generate import GenerateConfig, run_generate
@@ -322,6 +322,8 @@ def _report(output: str, manifest: dict) -> None:
     state = "complete" if manifest.get("complete") else f"{len(manifest.get('shards_done', []))}/{manifest.get('num_shards')} shards done"
     source = f" from {counts['documents']} documents" if "documents" in counts else ""
     print(f"{output}: {counts.get('records', 0)} records{source} ({state})")
+    for warning in manifest.get("warnings", []):
+        print(f"warning: {warning}")
 
 
 def main(argv: list[str] | None = None) -> int:

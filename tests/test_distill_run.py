@@ -220,3 +220,17 @@ def test_self_consistency_keeps_only_problems_the_teacher_solves_the_same_way_ag
     assert shaky["self_consistency"]["answers"] == ["4", "4", "4"] and shaky["final_answer"] == "3"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["rejected_by_reason"] == {"inconsistent": 1, "no_boxed_answer": 1}
+
+
+def test_self_consistency_with_many_more_candidates_than_calls_in_flight(tmp_path, scripted_teacher):
+    """Results are popped while requests are still being drawn: a snapshot, not the live dict."""
+    kinds = ["good"] * 40 + ["shaky"] * 2  # more than the 2 x 2 + 16 request tasks the engine keeps alive
+    with FaultServer() as server:
+        config = config_file(tmp_path, corpus(tmp_path, kinds), server.url, "many", self_consistency={"k": 3},
+                             teacher={"max_in_flight": 2})
+        result = distill("--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "many"
+    accepted, rejected = rows(out / "part-00000-of-00001.jsonl"), rows(out / "rejects-00000-of-00001.jsonl")
+    assert len(accepted) + len(rejected) == len(kinds)
+    assert sorted(r["reject_reason"] for r in rejected) == ["inconsistent", "inconsistent"]

@@ -300,3 +300,32 @@ def test_the_example_config_is_valid():
 
     config = load_config(SynthFilterConfig, str(Path(__file__).parents[1] / "configs" / "synth-filter-example.yaml"), [])
     assert config.dedup.enabled and config.decontamination.ngram == 13 and not config.consistency.enabled
+
+
+def test_a_folder_of_another_stage_is_refused_not_rejected_row_by_row(tmp_path):
+    """A distill or generate folder has records too, but none a filter can judge."""
+    other = StageOutput(tmp_path / "generic", stage="generate", config={"made_by": "test"})
+    writer = other.open_shard(Shard(0, 1))
+    writer.write({"id": "a", "completion": "text"})
+    other.finish_shard(Shard(0, 1), writer, {})
+    with pytest.raises(Exception, match=r"is a generate output; synth filter reads a synth generate output"):
+        run_synth_filter(filter_config(tmp_path, tmp_path / "generic", "out"), Shard(0, 1))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_process_on_the_same_filter_shard_is_refused(tmp_path):
+    """Two processes on one shard used to seal it from a half-written dataset."""
+    import fcntl
+
+    parts, _ = planted_parts()
+    generated = make_generated(tmp_path / "generated", parts)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".part-00000-of-00001.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(Exception, match="shard 0/1 is being run by another process"):
+            run_synth_filter(filter_config(tmp_path, generated, "out"), Shard(0, 1))
+    assert dataset(out) == [] and not (out / "work").exists()
+    run_synth_filter(filter_config(tmp_path, generated, "out"), Shard(0, 1))
+    run_synth_filter(filter_config(tmp_path, generated, "one"), Shard(0, 1))
+    assert dataset(out) == dataset(tmp_path / "one")
