@@ -34,10 +34,10 @@ def main() -> None:
     from data.corpus import iter_documents
     from data.samples import SAMPLE_CORPUS
     from data.shards import Shard
-    from llm.engine import make_engine
+    from llm.factory import make_engine
     from llm.tiny import build_tiny_model
     from llm.vllm_engine import to_vllm_sampling
-    from pipeline.config import validate
+    from runner.config import validate
     from pipeline.generate import (
         GenerateConfig,
         PromptRenderer,

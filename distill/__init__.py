@@ -1,1 +1,2 @@
-"""The distill stage (not built yet: `mathsynth distill` says so and exits non-zero)."""
+"""The distill stage: a teacher writes problems from corpus texts with education-stage prompts;
+validated outputs form the distillation set and its SFT export (``mathsynth distill``)."""

@@ -1,5 +1,6 @@
 import sys
 
-from pipeline.cli import main
+from eval import cli
+from runner.cli import main_for
 
-sys.exit(main(["eval", *sys.argv[1:]]))
+sys.exit(main_for("eval", cli))

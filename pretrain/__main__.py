@@ -1,5 +1,6 @@
 import sys
 
-from pipeline.cli import main
+from pretrain import cli
+from runner.cli import main_for
 
-sys.exit(main(["pretrain", *sys.argv[1:]]))
+sys.exit(main_for("pretrain", cli))

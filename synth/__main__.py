@@ -1,5 +1,6 @@
 import sys
 
-from pipeline.cli import main
+from runner.cli import main_for
+from synth import cli
 
-sys.exit(main(["synth", *sys.argv[1:]]))
+sys.exit(main_for("synth", cli))

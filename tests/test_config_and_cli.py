@@ -7,7 +7,7 @@ from conftest import REPO_ROOT
 
 from data.errors import ConfigError
 from pipeline.cli import main
-from pipeline.config import load_config
+from runner.config import load_config
 from pipeline.generate import GenerateConfig
 
 GOOD = """
@@ -90,6 +90,6 @@ def test_a_partial_override_keeps_the_other_eval_sampling_defaults():
 
 def validate_eval(raw):
     from eval.run import EvalConfig
-    from pipeline.config import validate
+    from runner.config import validate
 
     return validate(EvalConfig, raw)

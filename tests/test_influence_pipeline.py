@@ -199,7 +199,7 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys):
 
 
 def test_the_shipped_example_config_is_valid():
-    from pipeline.config import load_config
+    from runner.config import load_config
 
     config = load_config(InfluenceConfig, REPO_ROOT / "configs" / "influence-example.yaml")
     assert config.featurize.projection.dim == 8192 and config.lora.r == 128

@@ -269,7 +269,7 @@ def test_bad_input_is_a_one_line_error_naming_file_and_line(tmp_path):
     with pytest.raises(Exception, match="not every shard is sealed"):
         run_synth_filter(filter_config(tmp_path, unfinished, "out2"), Shard(0, 1))
     with pytest.raises(Exception, match="bad2.yaml: length: problem_words must be"):
-        from pipeline.config import load_config
+        from runner.config import load_config
 
         bad = tmp_path / "bad2.yaml"
         bad.write_text(json.dumps({"input": str(generated), "output": "x", "length": {"problem_words": [9, 2]}}))
@@ -296,7 +296,7 @@ def test_embedding_similarity_catches_a_short_benchmark_question_the_ngram_check
 
 
 def test_the_example_config_is_valid():
-    from pipeline.config import load_config
+    from runner.config import load_config
 
     config = load_config(SynthFilterConfig, str(Path(__file__).parents[1] / "configs" / "synth-filter-example.yaml"), [])
     assert config.dedup.enabled and config.decontamination.ngram == 13 and not config.consistency.enabled

@@ -16,7 +16,7 @@ from distill.run import DistillConfig, run_distill
 from llm.engine import Engine
 from llm.generation_run import record_id
 from llm.types import Completion, GenerationResult, Usage
-from pipeline.config import load_config
+from runner.config import load_config
 from synth.generate import (
     SynthGenerateConfig,
     build_items,

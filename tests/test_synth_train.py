@@ -18,7 +18,7 @@ import torch
 from conftest import REPO_ROOT, sample_texts, write_jsonl
 
 from data.errors import ConfigError, UserError
-from pipeline.config import load_config
+from runner.config import load_config
 from synth.config import SynthTrainConfig, check_train_config
 from synth.packing import (
     IGNORE,
@@ -291,7 +291,7 @@ def test_schedules_and_config_errors(tiny_model, sft, tmp_path):
 def test_vllm_generates_from_the_trained_checkpoint(reference):
     pytest.importorskip("vllm")
     from llm.config import VllmEngineConfig
-    from llm.engine import make_engine
+    from llm.factory import make_engine
     from llm.types import GenerationRequest, SamplingParams
 
     config, _ = reference

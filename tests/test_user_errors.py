@@ -91,7 +91,7 @@ def test_eval_score_out_that_is_a_folder(tmp_path, capsys):
     predictions = write_jsonl(tmp_path / "predictions.jsonl", [{"id": "0", "pred": "The answer is 18."}])
     line = one_error_line(["eval", "score", "--benchmark", "gsm8k", "--predictions", str(predictions),
                            "--field", "pred", "--id-field", "id", "--out", str(tmp_path)], capsys)
-    assert line == f"mathsynth eval: error: {tmp_path}: is a directory; give a file path"
+    assert line == f"mathsynth eval: error: --out {tmp_path}: is a folder; give a file path"
 
 
 @pytest.mark.parametrize("stage, config, key, weights", [
