@@ -147,3 +147,20 @@ def test_an_empty_input_is_said_not_silently_sealed(tmp_path, tiny_model):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["records"] == 0
     assert manifest["warnings"] and "2 skipped" in manifest["warnings"][0]
+
+
+def test_status_reads_pending_partial_running_and_complete_from_the_folder(tmp_path, tiny_model, corpus):
+    out = tmp_path / "out"
+    config = str(make_run(tmp_path, tiny_model, corpus, out))
+    assert mathsynth("generate", "--config", config, "--shard", "0/3").returncode == 0
+    with open(out / ".part-00002-of-00003.lock", "a") as held:  # shard 2 is being run right now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        partial = mathsynth("status", str(out))
+    assert partial.returncode == 1
+    assert partial.stdout.strip() == f"{out}: generate partial (1 of 3 shards sealed; missing 1-2; running now: 2)"
+    for index in (1, 2):
+        assert mathsynth("generate", "--config", config, "--shard", f"{index}/3").returncode == 0
+    complete = mathsynth("status", str(out))
+    assert complete.returncode == 0 and complete.stdout.strip() == f"{out}: generate complete"
+    line = one_line_error(mathsynth("status", str(tmp_path)))
+    assert "not a stage output" in line
