@@ -11,12 +11,11 @@ neighbours):
 * ``raw_client``: a bare ``AsyncOpenAI`` (``chat.completions.create``) under an
   ``asyncio.Semaphore(C)``, no cache, budget or retries: what the SDK does out of the box;
 * ``aiohttp_floor``: a bare aiohttp client, no SDK at all: what this machine allows;
-* ``engine_aiohttp_nocache``: OpenAIEngine (transport aiohttp, the default), ledger in memory;
-* ``engine_aiohttp_sqlite``: the same with the sqlite cache + ledger (a fresh file);
-* ``engine_nocache``: OpenAIEngine with transport sdk (the openai SDK's client), ledger in memory;
-* ``engine_sqlite``: transport sdk with the sqlite cache + ledger (a fresh file);
-* ``engine_sqlite_1pool``: the same with a single AsyncOpenAI client (one pool of C);
+* ``engine_nocache``: OpenAIEngine, ledger in memory;
+* ``engine_sqlite``: the same with the sqlite cache + ledger (a fresh file);
 * ``engine_sqlite_rerun``: the requests of engine_sqlite again: all cache hits, no calls.
+
+(The engine's openai-SDK transport, measured here until it was dropped, is in bench/RESULTS.md.)
 
 Each line reads ``openai_engine[variant] calls/s=... ratio_to_bound=... ratio_to_raw_client=...``
 plus the CPU milliseconds per call spent by this process and by the server process.
@@ -98,29 +97,24 @@ async def aiohttp_floor(url: str, reqs: list[GenerationRequest], in_flight: int)
         await asyncio.gather(*(one(r) for r in reqs))
 
 
-def engine_cfg(url: str, in_flight: int, cache: str | None, transport: str = "aiohttp") -> OpenAIEngineConfig:
+def engine_cfg(url: str, in_flight: int, cache: str | None) -> OpenAIEngineConfig:
     return OpenAIEngineConfig(
         model="bench", base_url=url, max_in_flight=in_flight, timeout_s=30, max_retries=3,
-        cache_path=cache, budget=BudgetConfig(max_calls=10_000_000), transport=transport,
+        cache_path=cache, budget=BudgetConfig(max_calls=10_000_000),
     )
 
 
-def run_engine(
-    url: str, reqs: list[GenerationRequest], in_flight: int, cache: str | None, per_client: int | None = None,
-    transport: str = "sdk",
-) -> OpenAIEngine:
-    eng = OpenAIEngine(engine_cfg(url, in_flight, cache, transport))
-    if per_client is not None:
-        eng.calls_per_client = per_client
+def run_engine(url: str, reqs: list[GenerationRequest], in_flight: int, cache: str | None) -> OpenAIEngine:
+    eng = OpenAIEngine(engine_cfg(url, in_flight, cache))
     assert sum(1 for _ in eng.generate(iter(reqs))) == len(reqs)
     eng.close()
     return eng
 
 
-def profile_engine(url: str, reqs: list[GenerationRequest], in_flight: int, cache: str, transport: str) -> str:
+def profile_engine(url: str, reqs: list[GenerationRequest], in_flight: int, cache: str) -> str:
     """cProfile only sees the thread it runs in, so profile agenerate (the same run on the
     caller's loop, minus the thread hop of generate)."""
-    eng = OpenAIEngine(engine_cfg(url, in_flight, cache, transport))
+    eng = OpenAIEngine(engine_cfg(url, in_flight, cache))
 
     async def go() -> int:
         return sum([1 async for _ in eng.agenerate(reqs)])
@@ -157,7 +151,6 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--profile-transport", choices=("aiohttp", "sdk"), default="aiohttp")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     bound = args.in_flight / args.latency
@@ -171,18 +164,12 @@ def main() -> None:
         best: dict[str, tuple[float, float, float]] = {}
         for rep in range(args.repeat):
             cache = os.path.join(tmp.name, f"cache{rep}.sqlite")
-            aio_cache = os.path.join(tmp.name, f"aio-cache{rep}.sqlite")
             sq = make_requests(n, f"sqlite{rep}")
             variants: dict[str, Callable[[], object]] = {
                 "raw_client": lambda: asyncio.run(raw_client(url, make_requests(n, f"raw{rep}"), c)),
                 "aiohttp_floor": lambda: asyncio.run(aiohttp_floor(url, make_requests(n, f"aio{rep}"), c)),
-                "engine_aiohttp_nocache": lambda: run_engine(
-                    url, make_requests(n, f"aionocache{rep}"), c, None, transport="aiohttp"),
-                "engine_aiohttp_sqlite": lambda: run_engine(
-                    url, make_requests(n, f"aiosqlite{rep}"), c, aio_cache, transport="aiohttp"),
                 "engine_nocache": lambda: run_engine(url, make_requests(n, f"nocache{rep}"), c, None),
                 "engine_sqlite": lambda: run_engine(url, sq, c, cache),
-                "engine_sqlite_1pool": lambda: run_engine(url, make_requests(n, f"onepool{rep}"), c, cache, per_client=c),
                 "engine_sqlite_rerun": lambda: run_engine(url, sq, c, cache),
             }
             for name, fn in variants.items():
@@ -197,7 +184,7 @@ def main() -> None:
                   f"ratio_to_raw_client={rate / raw:.2f} client_cpu_ms/call={ccpu:.2f} server_cpu_ms/call={scpu:.2f}"
                   + (" " + unit.split(" ", 1)[1] if " " in unit else ""), flush=True)
         if args.profile:
-            print(profile_engine(url, make_requests(n, "profile"), c, os.path.join(tmp.name, "p.sqlite"), args.profile_transport))
+            print(profile_engine(url, make_requests(n, "profile"), c, os.path.join(tmp.name, "p.sqlite")))
     finally:
         server.kill()
         server.wait()

@@ -82,7 +82,8 @@ def main() -> None:
     from data.samples import SAMPLE_CORPUS
     from data.shards import Shard
     from data.stage_prompts.prompted import load_library
-    from llm.engine import Engine, make_engine
+    from llm.engine import Engine
+    from llm.factory import make_engine
     from llm.tiny import build_tiny_model
     from llm.types import Completion, GenerationResult, Usage
     from llm.vllm_engine import to_vllm_sampling

@@ -50,20 +50,20 @@ class OpenAIEngineConfig(_EngineConfigBase):
     base_url: str | None = None  # None: the OpenAI API (or OPENAI_BASE_URL)
     api_key_env: str = "OPENAI_API_KEY"
     api: Literal["chat", "completions"] = "chat"
-    # How the HTTP calls are made. "aiohttp" (default): our own aiohttp client, about a quarter
-    # of the SDK's client CPU per call (the SDK caps a 2-core client near 0.6 of a 64-in-flight,
-    # 50 ms endpoint; aiohttp reaches 0.85: bench/RESULTS.md), and its errors tell "never
-    # reached the server" (the ledger refunds the call) from "may have been billed" directly. "sdk": the openai SDK's
-    # httpx client, as before (the SDK's own aiohttp adapter reports refused connections as
-    # timeouts, which would keep never-sent calls charged).
-    transport: Literal["aiohttp", "sdk"] = "aiohttp"
+    # How the HTTP calls are made: our own aiohttp client, the only transport. The openai SDK's
+    # client was dropped: it cost several times the client CPU per call and could do nothing
+    # aiohttp cannot (bench/RESULTS.md). The key stays: a config naming aiohttp still validates.
+    transport: Literal["aiohttp"] = "aiohttp"
     # Sent with every call, e.g. Azure OpenAI: {"api-key": "${AZURE_OPENAI_API_KEY}"} and
     # {"api-version": "2024-10-21"}. "${NAME}" in a value is read from the environment at run
     # time: run manifests record this config, so a key must not be written into it.
     extra_headers: dict[str, str] = Field(default_factory=dict)
     default_query: dict[str, str] = Field(default_factory=dict)
     max_in_flight: int = Field(16, ge=1, description="HTTP calls in flight, not items")
-    timeout_s: float = Field(120.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="per attempt, reading the whole body included")
+    # A 200 body larger than this is an error (charged at the worst case, not retried), so an
+    # endpoint streaming without end cannot fill the memory; far above any n x max_tokens answer.
+    max_response_bytes: int = Field(16 * 2**20, ge=1024)
     max_retries: int = Field(8, ge=0)
     backoff_initial_s: float = Field(1.0, ge=0)
     backoff_max_s: float = Field(60.0, ge=0)
@@ -79,7 +79,7 @@ EngineConfig = Annotated[
 # of its config hash, so a rerun may raise a budget or change concurrency on the same folder.
 OPERATIONAL_ENGINE_KEYS = (
     "base_url", "api_key_env", "transport", "extra_headers", "default_query", "max_in_flight", "timeout_s",
-    "max_retries", "backoff_initial_s", "backoff_max_s", "cache_path", "budget",
+    "max_response_bytes", "max_retries", "backoff_initial_s", "backoff_max_s", "cache_path", "budget",
     "queue_depth", "gpu_memory_utilization", "max_num_seqs", "enforce_eager", "tensor_parallel_size", "device",
 )
 

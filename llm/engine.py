@@ -1,4 +1,4 @@
-"""The one engine interface and its factory.
+"""The one engine interface (the factory is ``llm.factory``, the errors ``llm.errors``).
 
 An engine takes an iterable of requests and yields results as they finish (not necessarily in
 order), so a stage can write each result to disk the moment it exists: a kill loses at most
@@ -9,17 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Iterable, Iterator
 
-from data.errors import UserError
 from llm.types import GenerationRequest, GenerationResult, Usage
-
-
-class EngineError(UserError, RuntimeError):
-    """A failure the user must act on (bad model path, unreachable endpoint, budget spent)."""
-
-
-class BudgetExceeded(EngineError):
-    """The call or token budget would be exceeded; finished calls are cached, so a rerun with
-    a larger budget resumes where this one stopped."""
 
 
 class Engine(ABC):
@@ -51,19 +41,3 @@ class Engine(ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def make_engine(config) -> Engine:
-    """Build the engine a config names. Imports are lazy: vLLM is only needed when used."""
-    if config.kind == "vllm":
-        from llm.vllm_engine import VllmEngine
-
-        return VllmEngine(config)
-    if config.kind == "hf":
-        from llm.hf_engine import HfEngine
-
-        return HfEngine(config)
-    if config.kind == "openai":
-        from llm.openai_engine import OpenAIEngine
-
-        return OpenAIEngine(config)
-    raise EngineError(f"engine.kind: unknown engine {config.kind!r}")

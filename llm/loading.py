@@ -5,7 +5,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from llm.engine import EngineError
+from llm.errors import EngineError
 
 _EDGE_BYTES = 1 << 20
 

@@ -11,7 +11,8 @@ import logging
 from typing import Iterable, Iterator
 
 from llm.config import VllmEngineConfig
-from llm.engine import Engine, EngineError
+from llm.engine import Engine
+from llm.errors import EngineError
 from llm.loading import render_chat, resolve_model_path
 from llm.types import (
     Completion,

@@ -4,7 +4,10 @@ Serves ``/v1/chat/completions`` and ``/v1/completions`` with answers derived fro
 (``expected_text``), after a configurable latency, and injects faults on a configurable
 fraction of attempts: 429 with Retry-After, 500, 503, a response slower than the client's
 timeout, a body cut short (Content-Length larger than what is sent, then close), a complete
-but invalid JSON body, and a connection dropped without any response.
+but invalid JSON body, and a connection dropped without any response. Two more kinds, only
+when asked for by name (``kinds``): ``huge``, a valid answer padded to ``huge_bytes``, and
+``drip``, a 200 whose body trickles out forever. ``usage`` replaces the usage object of every
+answer (an endpoint that lies about tokens); what the server bills stays the true count.
 
 Faults are a pure function of (request key, attempt number), so a run is reproducible and
 every request succeeds once it has had ``max_faults`` faults. A prompt containing
@@ -35,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 FAULT_KINDS = ("429", "500", "503", "slow", "truncated", "badjson", "drop")
+BODY_FAULT_KINDS = ("huge", "drip")  # not in the default mix: a client must not retry them to success
 
 
 @dataclass
@@ -44,6 +48,8 @@ class FaultPlan:
     kinds: tuple[str, ...] = FAULT_KINDS
     slow_s: float = 2.0  # how long a "slow" answer takes (set above the client timeout)
     retry_after: str = "0.01"  # seconds, sent with 429
+    huge_bytes: int = 20 * 2**20  # the size of a "huge" answer
+    usage: Any = None  # when set, sent as the usage of every answer instead of the true one
 
     def pick(self, key: str, attempt: int) -> str | None:
         """The fault for this attempt, or None: deterministic in (key, attempt)."""
@@ -177,6 +183,9 @@ class FaultApp:
             _drop(request)
             return web.Response()  # never written: the transport is gone
         payload = self._completion(body, prompt)
+        billed_tokens = payload["usage"]["total_tokens"]
+        if self.plan.usage is not None:
+            payload["usage"] = self.plan.usage
         blob = json.dumps(payload).encode()
         if fault == "badjson":
             return web.Response(body=blob[: len(blob) // 2], content_type="application/json")
@@ -188,8 +197,32 @@ class FaultApp:
             _drop(request)
             return resp
         self.c.billed[key] += 1
-        self.c.billed_tokens += payload["usage"]["total_tokens"]
+        self.c.billed_tokens += billed_tokens
+        if fault in BODY_FAULT_KINDS:
+            return await self._stream_body(request, blob, fault)
         return web.Response(body=blob, content_type="application/json")
+
+    async def _stream_body(self, request: web.Request, blob: bytes, fault: str) -> web.StreamResponse:
+        """A chunked 200: the answer padded with whitespace to ``huge_bytes`` (still valid
+        JSON), or a byte every 20 ms forever. Ends when the client hangs up."""
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        try:
+            await resp.write(blob[:-1])
+            if fault == "drip":
+                while True:
+                    await resp.write(b" ")
+                    await asyncio.sleep(0.02)
+            pad = self.plan.huge_bytes - len(blob)
+            chunk = b" " * (1 << 20)
+            while pad > 0:
+                await resp.write(chunk[:pad])
+                pad -= len(chunk)
+            await resp.write(blob[-1:])
+            await resp.write_eof()
+        except ConnectionError:  # the client gave up on the body: what the test wants
+            pass
+        return resp
 
     @staticmethod
     def _completion(body: dict[str, Any], prompt: str) -> dict[str, Any]:

@@ -3,13 +3,12 @@ last test (marked slow) starts a real vLLM server.
 
 What must hold under faults: every request answered exactly once with the right content, no
 request paid twice, calls in flight bounded, budget never exceeded (kill -9 included), reruns
-served from the cache, and clear one-line errors. Every test that runs the engine runs once
-per transport (``engine_cfg``): aiohttp (the default) and the openai SDK.
+served from the cache, clear one-line errors, and an endpoint that lies about usage or never
+stops answering costs no more than its worst case.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import random
 import signal
@@ -24,19 +23,13 @@ import pytest
 from fault_server import FAULT_KINDS, FaultPlan, FaultServer, expected_text, prompt_text
 
 from llm.config import BudgetConfig, OpenAIEngineConfig
-from llm.engine import EngineError, make_engine
-from llm.openai_engine import (
-    BudgetExceeded,
-    HTTPStatusError,
-    OpenAIEngine,
-    backoff_delay,
-    cache_key,
-    classify_error,
-    never_reached_server,
-    request_body,
-    retry_after_s,
-    worst_case_tokens,
-)
+from llm.errors import BudgetExceeded, EngineError
+from llm.factory import make_engine
+from llm.openai_engine import OpenAIEngine
+from llm.openai_http import HTTPStatusError
+from llm.openai_ledger import worst_case_tokens
+from llm.openai_protocol import cache_key, request_body
+from llm.openai_retry import backoff_delay, classify_error, never_reached_server, retry_after_s
 from llm.types import GenerationRequest, SamplingParams
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -57,20 +50,6 @@ def make_cfg(url: str, tmp_path: Path | None, **kw) -> OpenAIEngineConfig:
     )
     base.update(kw)
     return OpenAIEngineConfig(**base)
-
-
-TRANSPORTS = ("aiohttp", "sdk")
-
-
-@pytest.fixture(params=TRANSPORTS)
-def transport(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def engine_cfg(transport):
-    """``make_cfg`` for the transport under test."""
-    return functools.partial(make_cfg, transport=transport)
 
 
 def make_requests(n: int, prefix: str = "q", sampling: SamplingParams = SP) -> list[GenerationRequest]:
@@ -117,8 +96,8 @@ def collect(gen) -> tuple[list, BaseException | None]:
 # --------------------------------------------------------------------------------------
 
 
-def test_faults_every_request_once_none_paid_twice(engine_cfg, server, tmp_path):
-    cfg = engine_cfg(server.url, tmp_path)
+def test_faults_every_request_once_none_paid_twice(server, tmp_path):
+    cfg = make_cfg(server.url, tmp_path)
     reqs = make_requests(200)
     with make_engine(cfg) as eng:
         results = list(eng.generate(iter(reqs)))
@@ -149,10 +128,10 @@ def test_faults_every_request_once_none_paid_twice(engine_cfg, server, tmp_path)
 # --------------------------------------------------------------------------------------
 
 
-def test_call_budget_never_exceeded_and_rerun_resumes(engine_cfg, server, tmp_path):
+def test_call_budget_never_exceeded_and_rerun_resumes(server, tmp_path):
     server.configure(rate=0.6)
     reqs = make_requests(40)
-    cfg = engine_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_calls=30))
+    cfg = make_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_calls=30))
     with OpenAIEngine(cfg) as eng:
         got1, err = collect(eng.generate(reqs))
     st1 = server.stats()
@@ -179,10 +158,10 @@ def test_call_budget_never_exceeded_and_rerun_resumes(engine_cfg, server, tmp_pa
         assert st2["received"][key] == st1["received"][key]
 
 
-def test_token_budget_never_exceeded(engine_cfg, server, tmp_path):
+def test_token_budget_never_exceeded(server, tmp_path):
     reqs = make_requests(60)
     budget = 1500
-    cfg = engine_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_tokens=budget))
+    cfg = make_cfg(server.url, tmp_path, max_in_flight=8, budget=BudgetConfig(max_tokens=budget))
     with OpenAIEngine(cfg) as eng:
         got, err = collect(eng.generate(reqs))
         spent_calls, spent_tokens = eng.store.spent()
@@ -192,9 +171,9 @@ def test_token_budget_never_exceeded(engine_cfg, server, tmp_path):
     assert len(got) == st["total_billed"] > 0
 
 
-def test_without_cache_the_budget_holds_per_process(engine_cfg, transport, server):
-    # (the in-memory ledger is per process and model: one model per transport)
-    cfg = engine_cfg(server.url, None, model=f"memory-ledger-{transport}", budget=BudgetConfig(max_calls=40))
+def test_without_cache_the_budget_holds_per_process(server):
+    # (the in-memory ledger is per process and model: a model of this test's own)
+    cfg = make_cfg(server.url, None, model="memory-ledger", budget=BudgetConfig(max_calls=40))
     server.configure(rate=0.0)
     with OpenAIEngine(cfg) as eng:
         assert len(list(eng.generate(make_requests(30)))) == 30
@@ -205,8 +184,8 @@ def test_without_cache_the_budget_holds_per_process(engine_cfg, transport, serve
     assert eng.stats()["budget"]["spent_calls"] == 40  # stats still readable after close
 
 
-def test_request_larger_than_token_budget_is_not_sent(engine_cfg, server, tmp_path):
-    cfg = engine_cfg(server.url, tmp_path, budget=BudgetConfig(max_tokens=50))  # worst case ~90
+def test_request_larger_than_token_budget_is_not_sent(server, tmp_path):
+    cfg = make_cfg(server.url, tmp_path, budget=BudgetConfig(max_tokens=50))  # worst case ~90
     with OpenAIEngine(cfg) as eng:
         got, err = collect(eng.generate(make_requests(3)))
     assert isinstance(err, BudgetExceeded) and got == []
@@ -218,8 +197,8 @@ def test_request_larger_than_token_budget_is_not_sent(engine_cfg, server, tmp_pa
 # --------------------------------------------------------------------------------------
 
 
-def test_rerun_after_complete_run_makes_no_calls(engine_cfg, server, tmp_path):
-    cfg = engine_cfg(server.url, tmp_path)
+def test_rerun_after_complete_run_makes_no_calls(server, tmp_path):
+    cfg = make_cfg(server.url, tmp_path)
     reqs = make_requests(50)
     with OpenAIEngine(cfg) as eng:
         first = {r.request_id: r for r in eng.generate(reqs)}
@@ -262,10 +241,11 @@ _CHILD = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_openai_engine import make_cfg, make_requests
     from llm.config import BudgetConfig
-    from llm.openai_engine import BudgetExceeded, OpenAIEngine
+    from llm.errors import BudgetExceeded
+    from llm.openai_engine import OpenAIEngine
     from pathlib import Path
 
-    cfg = make_cfg({url!r}, Path({tmp!r}), max_in_flight=8, budget=BudgetConfig(max_calls={k}), transport={transport!r})
+    cfg = make_cfg({url!r}, Path({tmp!r}), max_in_flight=8, budget=BudgetConfig(max_calls={k}))
     with OpenAIEngine(cfg) as eng:
         try:
             for r in eng.generate(make_requests(60)):
@@ -277,12 +257,12 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_kill9_never_exceeds_budget_nor_repays(transport, tmp_path):
+def test_kill9_never_exceeds_budget_nor_repays(tmp_path):
     budget = 90  # ~60 requests need ~85 attempts at this fault rate: tight on purpose
     with FaultServer(FaultPlan(rate=0.34, max_faults=3, slow_s=1.0), latency_s=0.05) as srv:
         script = tmp_path / "child.py"
         script.write_text(
-            _CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget, transport=transport)
+            _CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget)
         )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         printed: set[str] = set()
@@ -322,12 +302,12 @@ def test_kill9_never_exceeds_budget_nor_repays(transport, tmp_path):
         assert set(final.stdout.split()) | printed >= set(reqs)
 
 
-def test_two_processes_share_one_budget(transport, tmp_path):
+def test_two_processes_share_one_budget(tmp_path):
     budget = 50
     with FaultServer(FaultPlan(rate=0.34, max_faults=3, slow_s=1.0), latency_s=0.02) as srv:
         script = tmp_path / "child.py"
         script.write_text(
-            _CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget, transport=transport)
+            _CHILD.format(tests=str(Path(__file__).parent), url=srv.url, tmp=str(tmp_path), k=budget)
         )
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
@@ -370,9 +350,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_endpoint_one_line_error(engine_cfg, tmp_path):
+def test_unreachable_endpoint_one_line_error(tmp_path):
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    cfg = engine_cfg(url, tmp_path, max_retries=2)
+    cfg = make_cfg(url, tmp_path, max_retries=2)
     from llm.request_cache import RequestStore
 
     seed = RequestStore(cfg.cache_path, scope=cfg.model)  # an earlier run's spending
@@ -397,14 +377,14 @@ def test_unreachable_endpoint_one_line_error(engine_cfg, tmp_path):
 _TOKENS_KEPT = {"drop": True, "truncated": True, "slow": True, "badjson": True, "500": False, "429": False}
 
 
-def test_failed_attempt_charges_by_what_the_server_may_have_done(engine_cfg, tmp_path):
+def test_failed_attempt_charges_by_what_the_server_may_have_done(tmp_path):
     n = 6
     with FaultServer(FaultPlan(rate=1.0, max_faults=1, slow_s=1.0, retry_after="0.01")) as srv:
         for kind, kept in _TOKENS_KEPT.items():
             srv.configure(kinds=[kind])
             srv.reset()
             reqs = make_requests(n, prefix=f"charge-{kind}")
-            cfg = engine_cfg(srv.url, tmp_path, cache_path=str(tmp_path / f"{kind}.sqlite"))
+            cfg = make_cfg(srv.url, tmp_path, cache_path=str(tmp_path / f"{kind}.sqlite"))
             with OpenAIEngine(cfg) as eng:
                 assert len(list(eng.generate(reqs))) == n
                 calls, tokens = eng.store.spent()
@@ -415,13 +395,13 @@ def test_failed_attempt_charges_by_what_the_server_may_have_done(engine_cfg, tmp
             assert tokens == st["billed_tokens"] + (worst if kept else 0), kind
 
 
-def test_headers_and_query_reach_the_server(engine_cfg, transport, tmp_path, monkeypatch):
+def test_headers_and_query_reach_the_server(tmp_path, monkeypatch):
     """Authorization from api_key_env; extra_headers (a ${VAR} read from the environment) and
     default_query, as for Azure OpenAI's api-key header and api-version parameter."""
     monkeypatch.setenv("MATHSYNTH_TEST_KEY", "sk-test-123")
     monkeypatch.setenv("MATHSYNTH_AZURE_KEY", "azure-secret")
     with FaultServer() as srv:
-        cfg = engine_cfg(
+        cfg = make_cfg(
             srv.url,
             tmp_path,
             api_key_env="MATHSYNTH_TEST_KEY",
@@ -437,14 +417,13 @@ def test_headers_and_query_reach_the_server(engine_cfg, transport, tmp_path, mon
         assert seen["path"] == "/v1/chat/completions"
 
         monkeypatch.delenv("MATHSYNTH_TEST_KEY")
-        with OpenAIEngine(engine_cfg(srv.url, None, api_key_env="MATHSYNTH_TEST_KEY", api="completions")) as eng:
+        with OpenAIEngine(make_cfg(srv.url, None, api_key_env="MATHSYNTH_TEST_KEY", api="completions")) as eng:
             assert len(list(eng.generate(make_requests(2, prefix="nokey")[::2]))) == 1
         seen = srv.stats()["last_request"]
         assert seen["path"] == "/v1/completions" and seen["query"] == {}
-        if transport == "aiohttp":  # no key: no Authorization header (the SDK sends "Bearer EMPTY")
-            assert "authorization" not in seen["headers"]
+        assert "authorization" not in seen["headers"]  # no key: no Authorization header
 
-    unset = engine_cfg(srv.url, None, extra_headers={"api-key": "${MATHSYNTH_NOT_SET_ANYWHERE}"})
+    unset = make_cfg(srv.url, None, extra_headers={"api-key": "${MATHSYNTH_NOT_SET_ANYWHERE}"})
     with OpenAIEngine(unset) as eng, pytest.raises(EngineError, match=r"variable MATHSYNTH_NOT_SET_ANYWHERE is not set"):
         list(eng.generate(make_requests(1)))
 
@@ -475,11 +454,11 @@ def test_aiohttp_errors_are_classified():
     assert classify_error(HTTPStatusError(401, "bad key", {}))[0] is False
 
 
-def test_non_retryable_400_names_the_request(engine_cfg, server, tmp_path):
+def test_non_retryable_400_names_the_request(server, tmp_path):
     reqs = make_requests(20)
     bad = GenerationRequest(id="the-bad-one", sampling=SP, prompt="please __400__")
     reqs.insert(7, bad)
-    cfg = engine_cfg(server.url, tmp_path)
+    cfg = make_cfg(server.url, tmp_path)
     with OpenAIEngine(cfg) as eng:
         got, err = collect(eng.generate(reqs))
     assert isinstance(err, EngineError) and not isinstance(err, BudgetExceeded)
@@ -489,8 +468,8 @@ def test_non_retryable_400_names_the_request(engine_cfg, server, tmp_path):
     assert "the-bad-one" not in {r.request_id for r in got}
 
 
-def test_messages_in_completions_mode_is_a_clear_error(engine_cfg, server, tmp_path):
-    cfg = engine_cfg(server.url, tmp_path, api="completions")
+def test_messages_in_completions_mode_is_a_clear_error(server, tmp_path):
+    cfg = make_cfg(server.url, tmp_path, api="completions")
     reqs = [GenerationRequest(id="m1", sampling=SP, messages=({"role": "user", "content": "hi"},))]
     with OpenAIEngine(cfg) as eng:
         with pytest.raises(EngineError, match=r"request m1: chat messages given but engine.api is 'completions'"):
@@ -498,15 +477,92 @@ def test_messages_in_completions_mode_is_a_clear_error(engine_cfg, server, tmp_p
     assert server.stats()["total_received"] == 0
 
 
+def test_removed_sdk_transport_is_a_one_line_config_error():
+    from data.config_files import validate_model
+    from data.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate_model(OpenAIEngineConfig, {"model": "m", "transport": "sdk"}, "run.yaml")
+    assert str(info.value) == "run.yaml: transport: Input should be 'aiohttp' (got 'sdk')"
+
+
+# --------------------------------------------------------------------------------------
+# (g) an endpoint that lies about usage, or never stops answering
+# --------------------------------------------------------------------------------------
+
+_USAGE_LIES = {
+    "negative": {"prompt_tokens": -1_000_000, "completion_tokens": 5},
+    "absurd": {"prompt_tokens": 10**15, "completion_tokens": 5},
+    "string": {"prompt_tokens": "12", "completion_tokens": 5},
+    "bad completion count": {"prompt_tokens": 3, "completion_tokens": "lots"},
+    "negative completion count": {"prompt_tokens": 3, "completion_tokens": -50},
+}
+
+
+@pytest.mark.parametrize("lie", list(_USAGE_LIES))
+def test_lying_usage_is_charged_at_the_worst_case(tmp_path, lie):
+    """Usage that cannot be true neither lowers the ledger (which would let the run spend past
+    the budget) nor blows it up: the answer is kept and charged as if usage were unknown."""
+    reqs = make_requests(30)
+    budget = 600  # ~6 requests at their worst case
+    with FaultServer(FaultPlan(usage=_USAGE_LIES[lie])) as srv:
+        cfg = make_cfg(srv.url, tmp_path, max_in_flight=4, budget=BudgetConfig(max_tokens=budget))
+        with OpenAIEngine(cfg) as eng:
+            got, err = collect(eng.generate(reqs))
+            spent_calls, spent_tokens = eng.store.spent()
+        st = srv.stats()
+    assert isinstance(err, BudgetExceeded)
+    assert set(st["billed"].values()) == {1} and len(got) == st["total_billed"] == spent_calls
+    by_id = {r.id: r for r in reqs}
+    assert spent_tokens == sum(worst_case_tokens(by_id[r.request_id]) for r in got) <= budget
+    assert all(r.completions[0].text == expected_for(by_id[r.request_id]) for r in got)
+
+
+def test_huge_response_is_an_error_charged_at_the_worst_case(tmp_path):
+    """A 200 body past max_response_bytes (default 16 MiB) is not buffered whole, not retried,
+    and keeps its worst case charged (the provider generated it)."""
+    plan = FaultPlan(rate=1.0, max_faults=10, kinds=("huge",), huge_bytes=20 * 2**20)
+    req = make_requests(1)
+    with FaultServer(plan) as srv:
+        cfg = make_cfg(srv.url, tmp_path, timeout_s=20)
+        with OpenAIEngine(cfg) as eng:
+            got, err = collect(eng.generate(req))
+            spent = eng.store.spent()
+        st = srv.stats()
+    assert got == [] and isinstance(err, EngineError) and not isinstance(err, BudgetExceeded)
+    msg = str(err)
+    assert "\n" not in msg and "max_response_bytes" in msg and "not retried" in msg and req[0].id in msg
+    assert st["total_received"] == 1
+    assert spent == (1, worst_case_tokens(req[0]))
+
+
+def test_endless_response_body_times_out(tmp_path):
+    """timeout_s covers reading the whole body, not just the wait for its first byte: a body
+    that trickles forever ends as a timeout (retried, worst case kept), and the run gives up."""
+    plan = FaultPlan(rate=1.0, max_faults=10, kinds=("drip",))
+    req = make_requests(1)
+    with FaultServer(plan) as srv:
+        cfg = make_cfg(srv.url, tmp_path, timeout_s=0.3, max_retries=2)
+        t0 = time.monotonic()
+        with OpenAIEngine(cfg) as eng:
+            got, err = collect(eng.generate(req))
+            spent = eng.store.spent()
+        assert time.monotonic() - t0 < 5
+        st = srv.stats()
+    assert got == [] and isinstance(err, EngineError)
+    assert "gave up after 3 attempts" in str(err) and "timed out" in str(err)
+    assert st["total_received"] == 3 and spent == (3, 3 * worst_case_tokens(req[0]))
+
+
 # --------------------------------------------------------------------------------------
 # Other paths: completions api with n > 1, async use, early stop, helpers
 # --------------------------------------------------------------------------------------
 
 
-def test_completions_api_n_samples(engine_cfg, server, tmp_path):
+def test_completions_api_n_samples(server, tmp_path):
     sp = SamplingParams(max_tokens=8, n=3, seed=11, stop=("\n",))
     reqs = [GenerationRequest(id=f"p{i}", sampling=sp, prompt=f"prompt {i}") for i in range(30)]
-    cfg = engine_cfg(server.url, tmp_path, api="completions")
+    cfg = make_cfg(server.url, tmp_path, api="completions")
     with OpenAIEngine(cfg) as eng:
         results = {r.request_id: r for r in eng.generate(reqs)}
     assert len(results) == 30
@@ -517,8 +573,8 @@ def test_completions_api_n_samples(engine_cfg, server, tmp_path):
     assert set(server.stats()["billed"].values()) == {1}
 
 
-def test_agenerate(engine_cfg, server, tmp_path):
-    cfg = engine_cfg(server.url, tmp_path)
+def test_agenerate(server, tmp_path):
+    cfg = make_cfg(server.url, tmp_path)
     reqs = make_requests(40)
 
     async def main() -> list:
@@ -533,8 +589,8 @@ def test_agenerate(engine_cfg, server, tmp_path):
     assert set(server.stats()["billed"].values()) == {1}
 
 
-def test_early_stop_then_reuse(engine_cfg, server, tmp_path):
-    cfg = engine_cfg(server.url, tmp_path, max_in_flight=4)
+def test_early_stop_then_reuse(server, tmp_path):
+    cfg = make_cfg(server.url, tmp_path, max_in_flight=4)
     reqs = make_requests(100)
     with OpenAIEngine(cfg) as eng:
         gen = eng.generate(iter(reqs))
@@ -546,10 +602,10 @@ def test_early_stop_then_reuse(engine_cfg, server, tmp_path):
     assert len(first) == 5 and len(rest) == 100
 
 
-def test_retry_after_is_honoured(engine_cfg, tmp_path):
+def test_retry_after_is_honoured(tmp_path):
     plan = FaultPlan(rate=1.0, max_faults=1, kinds=("429",), retry_after="0.4")
     with FaultServer(plan) as srv:
-        cfg = engine_cfg(srv.url, tmp_path, backoff_initial_s=0.001, backoff_max_s=5.0)
+        cfg = make_cfg(srv.url, tmp_path, backoff_initial_s=0.001, backoff_max_s=5.0)
         t0 = time.monotonic()
         with OpenAIEngine(cfg) as eng:
             (res,) = list(eng.generate(make_requests(1)))
@@ -578,11 +634,11 @@ def test_worst_case_tokens_bounds_prompt_bytes():
     assert worst_case_tokens(req) >= 20 + 200
 
 
-def test_identical_requests_in_flight_are_paid_once(engine_cfg, server, tmp_path):
+def test_identical_requests_in_flight_are_paid_once(server, tmp_path):
     server.configure(rate=0.0)
     twins = [GenerationRequest(id=f"twin-{i}", sampling=SP, prompt="same question") for i in range(10)]
     others = make_requests(20)
-    cfg = engine_cfg(server.url, tmp_path)
+    cfg = make_cfg(server.url, tmp_path)
     with OpenAIEngine(cfg) as eng:
         results = {r.request_id: r for r in eng.generate(others[:10] + twins + others[10:])}
     assert sorted(results) == sorted(r.id for r in twins + others)

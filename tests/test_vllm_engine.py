@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from llm.config import VllmEngineConfig  # noqa: E402
-from llm.engine import EngineError, make_engine  # noqa: E402
+from llm.errors import EngineError  # noqa: E402
+from llm.factory import make_engine  # noqa: E402
 from llm.generation_run import WorkItem, run_generation  # noqa: E402
 from llm.types import GenerationRequest, SamplingParams  # noqa: E402
 

@@ -10,7 +10,7 @@ from conftest import sample_texts, write_jsonl  # noqa: E402
 from vllm_server import vllm_server  # noqa: E402
 
 from llm.config import OpenAIEngineConfig  # noqa: E402
-from llm.engine import make_engine  # noqa: E402
+from llm.factory import make_engine  # noqa: E402
 from llm.types import GenerationRequest, SamplingParams  # noqa: E402
 
 pytestmark = pytest.mark.slow
