@@ -31,6 +31,8 @@ def operational(default: Any = ..., **field_kwargs: Any) -> Any:
     """A ``Field`` a rerun of the same output folder may change (see the module docstring)."""
     extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
     extra[OPERATIONAL] = True
+    if "default_factory" in field_kwargs:
+        return Field(json_schema_extra=extra, **field_kwargs)
     return Field(default, json_schema_extra=extra, **field_kwargs)
 
 

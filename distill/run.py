@@ -12,14 +12,16 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from data.config_base import StrictConfig
 from data.corpus import CorpusInput, read_corpus, resolve_sources
 from data.records import Document
 from data.shards import Shard
 from data.stage_prompts.library import PromptLibrary
 from data.stage_prompts.prompted import PromptKeys, load_library, prompted_windows
 from data.storage import ShardWriter, StageOutput, atomic_write_text, iter_records
+from distill.validation import ValidationConfig
 from llm.config import EngineConfig
 from llm.engine import Engine
 from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
@@ -40,9 +42,7 @@ class TeacherSampling(SamplingParams):
     stop: tuple[str, ...] = ("\n## Problem",)
 
 
-class Pricing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Pricing(StrictConfig):
     input_per_million: float = Field(0.0, ge=0)
     output_per_million: float = Field(0.0, ge=0)
 
@@ -50,21 +50,17 @@ class Pricing(BaseModel):
         return (prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million) / 1e6
 
 
-class Estimate(BaseModel):
+class Estimate(StrictConfig):
     """How ``--dry-run`` turns text into tokens without a tokenizer (or with ``tokenizer``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     tokenizer: str | None = Field(None, description="a local tokenizer folder for exact prompt counts")
     chars_per_token: float = Field(3.6, gt=0)
     tokens_per_word: float = Field(1.6, gt=0, description="for the expected answer length (LaTeX-heavy text)")
 
 
-class SelfConsistency(BaseModel):
+class SelfConsistency(StrictConfig):
     """Optional check of each accepted problem: the teacher solves it ``k`` more times and the
     problem is kept only when a majority of those answers equal its own (eval's grader decides)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     k: int = Field(0, ge=0, description="0 turns the check off")
     prompt: str = Field("Solve the following problem step by step, and put the final answer in \\boxed{}.\n\n{problem}",
@@ -75,13 +71,11 @@ class DistillConfig(PromptKeys):
     """The prompt keys (window_mode, windows_per_text, stages, variants, stages_file,
     variants_file, seed) come from :class:`PromptKeys`, shared with synth generate."""
 
-    model_config = ConfigDict(extra="forbid")
-
     input: CorpusInput
     teacher: EngineConfig
     format: Literal["chat", "raw"] = "chat"
     sampling: TeacherSampling = Field(default_factory=TeacherSampling)
-    validation: dict[str, Any] = Field(default_factory=dict, description="distill.validation.ValidationConfig keys")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
     self_consistency: SelfConsistency = Field(default_factory=SelfConsistency)
     pricing: Pricing = Field(default_factory=Pricing)
@@ -141,7 +135,7 @@ class DistillStage(Stage):
         return self.config.teacher
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
-        from distill.validation import CandidateOutput, ValidationConfig, Validator
+        from distill.validation import CandidateOutput, Validator
         from eval.sandbox import Sandbox, SandboxConfig
 
         config = self.config
@@ -149,9 +143,9 @@ class DistillStage(Stage):
         # With self-consistency, what passes validation is only a candidate until the check.
         checking = config.self_consistency.k > 0
         candidates = work.side("candidates") if checking else accepted
-        needs_sandbox = config.variants.get("tool", 0) > 0 and ValidationConfig(**config.validation).check_code
+        needs_sandbox = config.variants.get("tool", 0) > 0 and config.validation.check_code
         sandbox = Sandbox(SandboxConfig(**config.sandbox)) if needs_sandbox else None
-        validator = Validator(ValidationConfig(**config.validation), sandbox=sandbox)
+        validator = Validator(config.validation, sandbox=sandbox)
         for problem in accepted_problems(candidates.path):
             validator.remember(problem)  # near-duplicates of what an earlier run accepted
 

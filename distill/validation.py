@@ -41,8 +41,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from data.config_base import StrictConfig
 from data.dedup import NearDuplicateIndex, ngrams
 from data.stage_prompts.parsing import (
     ParsedOutput,
@@ -55,9 +56,7 @@ from eval.grading import Grader
 from eval.program_answers import CodeRunner, check_programs
 
 
-class ValidationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ValidationConfig(StrictConfig):
     min_problem_words: int = Field(8, ge=0)
     min_solution_words: int = Field(15, ge=0, description="words of working before the final box")
     copy_ngram: int = Field(8, ge=1)

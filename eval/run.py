@@ -7,13 +7,12 @@ executions, extracted answer, verdict). The report is written when the last shar
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from data.config_base import StrictConfig
 from data.errors import UserError
-from data.progress import progress_bar
 from data.records import BenchmarkRecord, content_id
 from data.shards import Shard
 from data.storage import ShardWriter, StageOutput
@@ -39,9 +38,7 @@ class EvalSampling(SamplingParams):
     stop: tuple[str, ...] = ("## Question",)
 
 
-class EvalConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EvalConfig(StrictConfig):
     benchmarks: list[str] = Field(..., min_length=1)
     custom_benchmarks: list[str] = Field(default_factory=list, description="YAML files describing JSONL benchmarks")
     setting: Literal["nl", "tool", "pot"] = "nl"

@@ -8,14 +8,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from data.config_base import StrictConfig
 
 
-class SamplingParams(BaseModel):
+class SamplingParams(StrictConfig):
     """Sampling settings understood by all engines. ``seed`` makes a request reproducible
     where the engine allows it (vLLM: per request; hf: per batch; openai: if the server honours it)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)

@@ -9,8 +9,9 @@ import logging
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from data.config_base import StrictConfig
 from data.corpus import CorpusInput, resolve_sources
 from data.errors import ConfigError
 from data.records import Document, content_id
@@ -25,11 +26,9 @@ from runner.stage import ShardWork, Stage
 log = logging.getLogger(__name__)
 
 
-class PromptConfig(BaseModel):
+class PromptConfig(StrictConfig):
     """A Jinja template (``{{ text }}``, ``{{ id }}``, ``{{ meta.x }}``); Jinja rather than
     str.format because math prompts are full of literal braces (``\\boxed{}``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     template: str | None = None
     template_file: str | None = None
@@ -45,9 +44,7 @@ class PromptConfig(BaseModel):
         return self
 
 
-class GenerateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class GenerateConfig(StrictConfig):
     input: CorpusInput
     prompt: PromptConfig
     engine: EngineConfig

@@ -58,11 +58,7 @@ class Stage:
         return self.config.model_dump(mode="json")
 
     def operational_keys(self) -> list[str]:
-        from llm.config import OPERATIONAL_ENGINE_KEYS
-
-        engines = [name for name in type(self.config).model_fields
-                   if getattr(getattr(self.config, name), "kind", None) in ("vllm", "hf", "openai")]
-        return operational_paths(self.config) + [f"{e}.{k}" for e in engines for k in OPERATIONAL_ENGINE_KEYS]
+        return operational_paths(self.config)
 
     def run_shard(self, work: "ShardWork") -> dict[str, Any]:
         """Produce what is missing of this shard; return its stats for the manifest."""

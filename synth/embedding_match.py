@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from data.config_base import StrictConfig
 from data.records import content_id
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddingCheck(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EmbeddingCheck(StrictConfig):
     enabled: bool = False
     model: str | None = Field(None, description="a local checkpoint folder (needed when enabled)")
     threshold: float = Field(0.95, gt=0, le=1, description="cosine at or above which a record is contaminated")

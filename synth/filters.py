@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from data.config_base import StrictConfig
 from data.decontamination import Decontaminator
 from data.dedup import jaccard, shingle_texts
 from data.stage_prompts.parsing import MAX_ANSWER_CHARS, is_answer, solution_leaked
@@ -44,17 +45,13 @@ from data.text import count_words
 from synth.embedding_match import BenchmarkEmbeddings, EmbeddingCheck
 
 
-class FormatFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FormatFilter(StrictConfig):
     enabled: bool = True
     reject_truncated: bool = Field(True, description="drop completions cut by max_tokens")
     max_answer_chars: int = Field(MAX_ANSWER_CHARS, ge=1, description="a longer 'answer' is a box left open around prose")
 
 
-class LengthFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LengthFilter(StrictConfig):
     enabled: bool = True
     problem_words: tuple[int, int] = (8, 1000)
     solution_words: tuple[int, int] = (10, 3000)
@@ -68,9 +65,7 @@ class LengthFilter(BaseModel):
         return self
 
 
-class DecontaminationFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DecontaminationFilter(StrictConfig):
     enabled: bool = True
     benchmarks: list[str] | None = Field(None, description="registry names; default: every shipped test set")
     ngram: int = Field(13, ge=4)
@@ -78,16 +73,12 @@ class DecontaminationFilter(BaseModel):
     embedding: EmbeddingCheck = Field(default_factory=EmbeddingCheck)
 
 
-class CodeCheckFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CodeCheckFilter(StrictConfig):
     enabled: bool = True
     sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
 
 
-class ConsistencyFilter(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ConsistencyFilter(StrictConfig):
     enabled: bool = False
     same_problem_jaccard: float = Field(0.8, gt=0, le=1)
 

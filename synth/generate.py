@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Any, Iterable, Iterator, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from data.corpus import CorpusInput, resolve_sources
 from data.records import Document, content_id
@@ -47,8 +47,6 @@ class SynthGenerateConfig(PromptKeys):
     """The prompt keys (window_mode, windows_per_text, stages, variants, stages_file,
     variants_file, seed) are distill's, with the same meaning: give the values the distillation
     set was built with."""
-
-    model_config = ConfigDict(extra="forbid")
 
     input: CorpusInput
     engine: EngineConfig = Field(..., description="the trained synthesizer; kind defaults to vllm")

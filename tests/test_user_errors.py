@@ -3,6 +3,7 @@ and line, the key or the variable: never a traceback, never a hang."""
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, sample_texts, write_jsonl
@@ -177,3 +178,18 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(tmp_p
     ids = [json.loads(row)["id"] for row in part.read_text(encoding="utf-8").splitlines()]
     assert len(ids) == 40 == len(set(ids))  # the torn record was redone; none lost, none twice
     assert not [p.name for p in output.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("stage, key", [
+    (["distill"], "validation.min_problem_wrods"),
+    (["distill"], "self_consistency.kk"),
+    (["synth", "generate"], "sampling.cot.temprature"),
+    (["synth", "filter"], "length.problem_wrods"),
+])
+def test_a_misspelled_key_under_a_nested_config_is_refused_before_anything_runs(tmp_path, capsys, stage, key):
+    example = {"distill": "distill-example.yaml", "generate": "synth-generate-example.yaml",
+               "filter": "synth-filter-example.yaml"}[stage[-1]]
+    config = Path(__file__).resolve().parent.parent / "configs" / example
+    out = tmp_path / "out"
+    line = one_error_line([*stage, "--config", str(config), "--set", f"{key}=3", "--set", f"output={out}"], capsys)
+    assert line.endswith(f"{key}: unknown key") and not out.exists()

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from data.config_base import StrictConfig
 from data.config_files import read_yaml_mapping, validate_model
 from data.errors import ConfigError, InputError
 from data.jsonl import iter_json_objects
@@ -460,11 +461,9 @@ def load_exemplar_pool(name: str) -> tuple[ExemplarPool, list[BenchmarkRecord]]:
 # ---------------------------------------------------------------- benchmarks from a YAML file, no code
 
 
-class CustomBenchmarkConfig(BaseModel):
+class CustomBenchmarkConfig(StrictConfig):
     """A JSONL benchmark described in YAML. ``question_field`` is a field name, or a format
     with ``{field}`` placeholders (``"{body} {question}"``); nothing else is interpreted."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     path: str = Field(..., min_length=1, description="JSONL file; relative paths are from the YAML file")

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from data.config_base import StrictConfig
 from data.config_files import read_yaml_mapping, validate_model
 from data.errors import ConfigError
 from data.records import content_id
@@ -20,8 +21,8 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 TEMPLATE_NAMES = {"text", "stage", "demo"}  # what a variant template is rendered with
 
 
-class StageSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StageSpec(StrictConfig):
+    model_config = ConfigDict(frozen=True)
 
     title: str = Field(..., min_length=1)
     audience: str = Field(..., min_length=1)
@@ -39,8 +40,8 @@ class StageSpec(BaseModel):
         return self
 
 
-class VariantSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class VariantSpec(StrictConfig):
+    model_config = ConfigDict(frozen=True)
 
     window_chars: int = Field(..., ge=100, description="the source text is cut to this many characters")
     template: str = Field(..., min_length=1)

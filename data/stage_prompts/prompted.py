@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
+from data.config_base import StrictConfig
 from data.records import Document, content_id
 from data.stage_prompts.assignment import assign
 from data.stage_prompts.library import PromptLibrary
@@ -20,7 +21,7 @@ from data.stage_prompts.windows import Window, WindowMode, windows
 ALL_STAGES = ("grade_school", "middle_school", "high_school", "college", "amc_8", "amc_10", "amc_12", "aime")
 
 
-class PromptKeys(BaseModel):
+class PromptKeys(StrictConfig):
     window_mode: WindowMode = "head"
     windows_per_text: int = Field(1, ge=1)
     stages: dict[str, float] = Field(default_factory=lambda: {stage: 1.0 for stage in ALL_STAGES})
