@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import InputError
-from data.storage import MANIFEST, part_stem, read_json
 from data.shards import Shard
+from data.storage import MANIFEST, part_stem, read_json
 
 
 @dataclass
