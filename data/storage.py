@@ -266,15 +266,9 @@ class StageOutput:
         return self.refresh_manifest()
 
     # -- the manifest ------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self):
         """Shards finishing at the same moment must not overwrite each other's manifest update."""
-        with open(self.folder / ".manifest.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return waiting_lock(self.folder / ".manifest.lock")
 
     def _read_manifest(self) -> dict[str, Any] | None:
         path = self.folder / MANIFEST
@@ -377,15 +371,9 @@ class StageOutput:
                             f"{self.folder}: shard {shard} is being run by another process"):
             yield
 
-    @contextmanager
-    def finish_lock(self) -> Iterator[None]:
+    def finish_lock(self):
         """One process runs the finish step; another that gets there waits, then finds it done."""
-        with open(self.folder / ".finish.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return waiting_lock(self.folder / ".finish.lock")
 
     def annotate_manifest(self, facts: dict[str, Any]) -> dict[str, Any]:
         """Add run-level facts (a cost, an export's size) that only the finished run knows."""
@@ -394,6 +382,18 @@ class StageOutput:
             manifest.update(facts)
             self._write_manifest(manifest)
             return manifest
+
+
+@contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path``, waited for; released by the kernel if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Literal
 from pydantic import Field
 
 from data.config_base import StrictConfig
-from data.corpus import CorpusInput, read_corpus, resolve_sources
+from data.corpus import CorpusInput, read_corpus
 from data.records import Document
 from data.shards import Shard
 from data.stage_prompts.library import PromptLibrary
@@ -26,9 +26,8 @@ from llm.config import EngineConfig
 from llm.engine import Engine
 from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
-from runner.ownership import ByCorpusRecord
 from runner.run import run_stage
-from runner.stage import ShardWork, Stage
+from runner.stage import CorpusStage, ShardWork
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +112,17 @@ def accepted_problems(path: Path) -> Iterator[str]:
                     yield json.loads(line)["problem"]
 
 
-class DistillStage(Stage):
+class DistillStage(CorpusStage):
     """Teacher calls per source window, validated into accepted records and ``rejects-*``;
     the SFT export once every shard is sealed."""
 
     name = "distill"
-    ownership = ByCorpusRecord()
+    engine_key = "teacher"
     has_finish_step = True
 
     def __init__(self, config: DistillConfig) -> None:
         super().__init__(config)
         self.library = load_library(config)  # a bad stages/variants file fails before any write
-
-    def inputs(self) -> list[str]:
-        return list(self.config.input.paths)
-
-    def check(self) -> None:
-        resolve_sources(self.config.input.paths)
-
-    def engine_config(self):
-        return self.config.teacher
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
         from distill.validation import CandidateOutput, Validator

@@ -12,16 +12,15 @@ from typing import Iterable, Iterator, Literal
 from pydantic import Field, model_validator
 
 from data.config_base import StrictConfig
-from data.corpus import CorpusInput, resolve_sources
+from data.corpus import CorpusInput
 from data.errors import ConfigError
 from data.records import Document, content_id
 from data.shards import Shard
 from llm.config import EngineConfig
 from llm.generation_run import WorkItem, derive_seed, run_generation
 from llm.types import GenerationRequest, SamplingParams
-from runner.ownership import ByCorpusRecord
 from runner.run import run_stage
-from runner.stage import ShardWork, Stage
+from runner.stage import CorpusStage, ShardWork
 
 log = logging.getLogger(__name__)
 
@@ -109,24 +108,14 @@ def build_items(
         yield WorkItem(request=request, provenance=provenance)
 
 
-class GenerateStage(Stage):
+class GenerateStage(CorpusStage):
     """Template -> engine -> one record per completion, documents owned by record."""
 
     name = "generate"
-    ownership = ByCorpusRecord()
 
     def __init__(self, config: GenerateConfig, config_dir: Path | None = None) -> None:
         super().__init__(config)
         self.renderer = PromptRenderer(config.prompt, base_dir=config_dir)  # a bad template fails here
-
-    def inputs(self) -> list[str]:
-        return list(self.config.input.paths)
-
-    def check(self) -> None:
-        resolve_sources(self.config.input.paths)
-
-    def engine_config(self):
-        return self.config.engine
 
     def run_shard(self, work: ShardWork) -> dict:
         config = self.config

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from data.config_base import operational_paths
-from data.corpus import CorpusInput, CorpusStats
+from data.corpus import CorpusInput, CorpusStats, resolve_sources
 from data.progress import progress_bar
 from data.shards import Shard
 from data.storage import ShardWriter, StageOutput, part_stem
@@ -74,6 +74,23 @@ class Stage:
     def summary(self, manifest: dict[str, Any]) -> str:
         counts = manifest.get("counts", {})
         return f"{counts.get('records', 0)} records"
+
+
+class CorpusStage(Stage):
+    """A stage over a corpus (``config.input``), documents owned by record, with one engine
+    (``config.<engine_key>``): generate, distill, synth generate."""
+
+    ownership = ByCorpusRecord()
+    engine_key: ClassVar[str] = "engine"
+
+    def inputs(self) -> list[str]:
+        return list(self.config.input.paths)
+
+    def check(self) -> None:
+        resolve_sources(self.config.input.paths)  # a missing path fails before the folder exists
+
+    def engine_config(self) -> BaseModel:
+        return getattr(self.config, self.engine_key)
 
 
 class ShardWork:

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data.corpus import CorpusInput, resolve_sources
+from data.corpus import CorpusInput
 from data.records import Document, content_id
 from data.shards import Shard
 from data.stage_prompts.library import PromptLibrary
@@ -28,9 +28,8 @@ from llm.config import EngineConfig
 from llm.engine import Engine
 from llm.generation_run import WorkItem, derive_seed, result_records, run_generation
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
-from runner.ownership import ByCorpusRecord
 from runner.run import run_stage
-from runner.stage import ShardWork, Stage
+from runner.stage import CorpusStage, ShardWork
 from synth.text_format import pretraining_text
 
 log = logging.getLogger(__name__)
@@ -126,24 +125,14 @@ def parse_errors(part) -> dict[str, int]:
     return counts
 
 
-class SynthGenerateStage(Stage):
+class SynthGenerateStage(CorpusStage):
     """The synthesizer's samples per prompted window, every one kept and parsed where it can be."""
 
     name = "synth_generate"
-    ownership = ByCorpusRecord()
 
     def __init__(self, config: SynthGenerateConfig) -> None:
         super().__init__(config)
         self.library = load_library(config)
-
-    def inputs(self) -> list[str]:
-        return list(self.config.input.paths)
-
-    def check(self) -> None:
-        resolve_sources(self.config.input.paths)
-
-    def engine_config(self):
-        return self.config.engine
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
         items = build_items(work.documents(self.config.input), self.library, self.config)
