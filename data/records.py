@@ -85,6 +85,3 @@ class BenchmarkRecord:
     level: str | None = None  # MATH level, for per-level metrics
     reference_solution: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -116,7 +116,6 @@ class ShardWriter:
         self.usage: dict[str, int] = {}
         self.recovered_torn_bytes = 0
         self._recover()
-        self.written_before = len(self.ids)
         self._handle = open(path, "a", encoding="utf-8")
         self._last_flush = time.monotonic()
 

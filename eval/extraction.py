@@ -156,13 +156,6 @@ def _unspace_digits(text: str) -> str:
     return text.replace("\\!", "").replace("{,}", ",")
 
 
-def last_math_span(text: str) -> str | None:
-    """The content of the last ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]``, or None."""
-    spans = [next(g for g in m.groups() if g is not None).strip() for m in _MATH_SPAN_RE.finditer(text)]
-    spans = [s for s in spans if s]
-    return spans[-1] if spans else None
-
-
 def strip_math_delimiters(text: str) -> str:
     return re.sub(r"\$|\\[()\[\]]", " ", text).strip()
 

@@ -27,7 +27,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
@@ -56,9 +56,6 @@ class Verdict:
     pred_extracted: str | None
     reason: Reason
     detail: str | None = None  # why, for "error" and "timeout"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --- fast path ----------------------------------------------------------------------------

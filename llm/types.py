@@ -5,8 +5,7 @@ build ``GenerationRequest``s and read ``GenerationResult``s without knowing whic
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from pydantic import ConfigDict, Field
 
@@ -89,6 +88,3 @@ class GenerationResult:
     completions: list[Completion]
     usage: Usage = field(default_factory=Usage)
     cached: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
