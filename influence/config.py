@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from data.config_base import StrictConfig, operational
 from data.corpus import CorpusInput
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LoraSettings(_Strict):
+class LoraSettings(StrictConfig):
     """The LESS recipe's LoRA (r=128, alpha=512 on the attention projections)."""
 
     r: int = Field(128, ge=1)
@@ -34,7 +31,7 @@ class CandidateInput(CorpusInput):
                           "gradient is that of writing it given the text (loss on its tokens only)")
 
 
-class WarmupSettings(_Strict):
+class WarmupSettings(StrictConfig):
     output: str = Field(..., description="folder for the per-epoch LoRA checkpoints")
     fraction: float = Field(0.05, gt=0.0, le=1.0, description="random share of the candidate pool to train on")
     max_examples: int | None = Field(None, ge=1)
@@ -46,7 +43,7 @@ class WarmupSettings(_Strict):
     seed: int = 0
 
 
-class ProjectionSettings(_Strict):
+class ProjectionSettings(StrictConfig):
     """``sketch``: a sparse random projection (each gradient coordinate lands in ``nnz`` of ``dim``
     buckets with a random sign), drawn per module from ``seed`` and the module's name, so every
     worker rebuilds the same matrix without exchanging it. ``exact``: no projection."""
@@ -57,7 +54,7 @@ class ProjectionSettings(_Strict):
     nnz: int = Field(1, ge=1, le=16, description="non-zeros per gradient coordinate")
 
 
-class TargetSet(_Strict):
+class TargetSet(StrictConfig):
     """A downstream dataset the selection should help: a shipped train split (``benchmark``:
     gsm8k_train, math_train, ...) or a JSONL file with a prompt and a completion field."""
 
@@ -69,7 +66,7 @@ class TargetSet(_Strict):
     limit: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TargetSet":
+    def _one_source(self) -> TargetSet:
         if (self.benchmark is None) == (self.path is None):
             raise ValueError("give exactly one of benchmark or path")
         return self
@@ -79,26 +76,26 @@ def _default_targets() -> list[TargetSet]:
     return [TargetSet(name="gsm8k", benchmark="gsm8k_train"), TargetSet(name="math", benchmark="math_train")]
 
 
-class FeaturizeSettings(_Strict):
+class FeaturizeSettings(StrictConfig):
     output: str = Field(..., description="folder for target and candidate features")
     checkpoints: list[int] | None = Field(None, description="warm-up epochs to use (default: all)")
     projection: ProjectionSettings = Field(default_factory=ProjectionSettings)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = operational(16, ge=1, description="examples per forward and backward")
     chunk_size: int = Field(1024, ge=1, description="candidate rows per chunk: the unit of resume and of "
                                                     "Slurm sharding (chunk j goes to shard j mod N)")
     store_dtype: Literal["float16", "float32"] = "float16"
 
 
-class DedupSettings(_Strict):
+class DedupSettings(StrictConfig):
     threshold: float | None = Field(0.95, gt=0.0, le=1.0, description="gradient-feature cosine; null turns it off")
 
 
-class DiversitySettings(_Strict):
+class DiversitySettings(StrictConfig):
     clusters: int = Field(0, ge=0, description="k-means clusters with quotas proportional to their size; 0 is off")
     seed: int = 0
 
 
-class SelectSettings(_Strict):
+class SelectSettings(StrictConfig):
     output: str = Field(..., description="the selection: a stage output the distill stage reads as its corpus")
     target_features: str | None = Field(None, description="a featurize.output whose target features to use "
                                                           "(default: this config's featurize.output)")
@@ -113,16 +110,16 @@ class SelectSettings(_Strict):
                                                         "selection size of top-scored candidates")
 
     @model_validator(mode="after")
-    def _one_size(self) -> "SelectSettings":
+    def _one_size(self) -> SelectSettings:
         if (self.top_k is None) == (self.top_fraction is None):
             raise ValueError("give exactly one of top_k or top_fraction")
         return self
 
 
-class InfluenceConfig(_Strict):
+class InfluenceConfig(StrictConfig):
     model: str = Field(..., description="the scoring model: a local checkpoint folder (a small proxy is fine)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
+    device: str = operational("auto")
     max_length: int = Field(512, ge=8, description="tokens per example; longer texts are cut")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     candidates: CandidateInput
@@ -132,13 +129,8 @@ class InfluenceConfig(_Strict):
     select: SelectSettings
 
     @model_validator(mode="after")
-    def _unique_targets(self) -> "InfluenceConfig":
+    def _unique_targets(self) -> InfluenceConfig:
         names = [t.name for t in self.targets]
         if len(set(names)) != len(names):
             raise ValueError(f"target names must be unique; got {names}")
         return self
-
-
-# Keys that change how a run goes but not what it computes: left out of the config hash.
-OPERATIONAL_KEYS = ("device", "featurize.batch_size")
-

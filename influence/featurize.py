@@ -1,9 +1,13 @@
 """``mathsynth influence featurize``: target and candidate gradient features, streamed and sharded.
 
 Candidates are read as a stream and cut into chunks of ``chunk_size`` consecutive rows; chunk j
-belongs to Slurm array task ``j mod N``. A chunk is the unit of work and of resume: it is
-featurized at every checkpoint, then written whole. The corpus is never held in memory, only one
-chunk of it.
+belongs to shard ``j mod N`` (:class:`runner.ownership.ByChunk`). A chunk is the unit of work
+and of resume: it is featurized at every checkpoint, written whole, and then listed in its
+shard's part file (``{"id": "chunk-000012", "rows": ..., "examples": ...}``), so a rerun skips
+the chunks listed. The candidates folder is the stage output the runner keeps (manifest, part
+files, ``.done`` markers, the per-shard lock). The target features are a cache beside it, keyed
+by each target set's definition: computed once, under a lock, by whichever process gets there
+first, and again when a definition changes. Only one chunk of the corpus is held in memory.
 """
 from __future__ import annotations
 
@@ -12,19 +16,21 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from data.corpus import CorpusStats, read_corpus, resolve_sources
 from data.errors import ConfigError, InputError
-from data.progress import progress_bar
+from data.jsonl import iter_json_objects
 from data.records import Document
 from data.shards import Shard
-from data.storage import atomic_write_json, read_json
+from data.storage import MANIFEST, StageOutput, atomic_write_json, read_json
 from influence.config import InfluenceConfig, TargetSet
 from influence.examples import (
     TARGET_PROMPT,
@@ -40,13 +46,19 @@ from influence.lora import (
     attach_lora,
     list_checkpoints,
     read_checkpoint,
+    require_finished_warmup,
 )
 from influence.store import (
     CandidateChunks,
     SpaceFile,
+    candidates_folder,
     describe_space,
     save_array,
+    targets_folder,
 )
+from runner.ownership import ByChunk
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +160,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def featurize_targets(scoring: ScoringModel) -> dict[str, int]:
     config = scoring.config
-    folder = Path(config.featurize.output) / "targets"
+    folder = targets_folder(config.featurize.output)
     counts = {}
     with _exclusive(folder / ".lock"):
         SpaceFile(folder).claim(scoring.spaces)
@@ -188,76 +200,144 @@ def corpus_identity(config: InfluenceConfig) -> dict[str, Any]:
             "files": [[path, os.path.getsize(path) if os.path.isfile(path) else None] for path in files]}
 
 
-class _ChunkStream:
-    """The corpus as consecutive chunks of ``chunk_size`` rows; yields (chunk index, its
-    documents) for the chunks ``shard`` owns. Every shard reads the whole stream, so chunk
-    boundaries are the same whatever the number of shards; ``rows`` counts what was seen."""
-
-    def __init__(self, config: InfluenceConfig, shard: Shard, stats: CorpusStats) -> None:
-        self.config, self.shard, self.stats = config, shard, stats
-        self.rows = 0
-
-    def __iter__(self) -> Iterator[tuple[int, list[Document]]]:
-        size = self.config.featurize.chunk_size
-        current, docs = 0, []
-        for doc in read_corpus(self.config.candidates, Shard(0, 1), self.stats):
-            index = self.rows // size
-            self.rows += 1
-            if index != current:
-                if docs:
-                    yield current, docs
-                current, docs = index, []
-            if index % self.shard.count == self.shard.index:
-                docs.append(doc)
-        if docs:
-            yield current, docs
+def chunk_id(index: int) -> str:
+    return f"chunk-{index:06d}"
 
 
-def featurize_candidates(scoring: ScoringModel, shard: Shard) -> dict[str, Any]:
-    config = scoring.config
-    chunks = CandidateChunks(Path(config.featurize.output) / "candidates")
-    chunks.claim_layout(config.featurize.chunk_size, corpus_identity(config))
-    SpaceFile(chunks.folder).claim(scoring.spaces)
-    stats = CorpusStats()
-    done_before, written, examples_done = 0, 0, 0
-    started = time.monotonic()
-    with progress_bar(f"featurize candidates {shard}", unit="text") as advance:
-        stream = _ChunkStream(config, shard, stats)
-        for index, docs in stream:
-            if chunks.is_done(index):
-                done_before += 1
-                continue
-            examples, rows = [], []
-            for doc in docs:
-                example = candidate_example(doc, config, scoring.tokenizer, stats)
-                if example is None:
+class FeaturizeStage(Stage):
+    """Candidate features chunk by chunk (see the module docstring). ``side``: what the run
+    covers, checked before anything is written; the targets themselves are computed by
+    :func:`run_featurize`, outside the shard's life, since any shard may be the one to do it."""
+
+    name = "influence-featurize"
+
+    def __init__(self, config: InfluenceConfig, side: str = "both") -> None:
+        super().__init__(config)
+        self.side = side
+        self.ownership = ByChunk(config.featurize.chunk_size)
+        self.chunks = CandidateChunks(candidates_folder(config.featurize.output))
+        self.shard_run: dict[str, Any] | None = None  # what this process's shard run did, if it ran
+
+    @property
+    def output(self) -> Path:
+        return self.chunks.folder
+
+    def inputs(self) -> list[str]:
+        return [*self.config.candidates.paths, self.config.warmup.output]
+
+    def manifest_config(self) -> dict[str, Any]:
+        # Target sets are a cache keyed by their own definitions and select is a later step:
+        # neither changes a candidate's features.
+        return self.config.model_dump(mode="json", exclude={"targets", "select"})
+
+    @cached_property
+    def scoring(self) -> ScoringModel:
+        return load_scoring_model(self.config)
+
+    def check(self) -> None:
+        """The warm-up is finished, the corpus is there, and the folders being added to hold
+        features of this space and chunks of this corpus (the model is loaded to know the space)."""
+        require_finished_warmup(self.config.warmup.output)
+        resolve_sources(self.config.candidates.paths)
+        if self.side != "candidates":
+            SpaceFile(targets_folder(self.config.featurize.output)).check(self.scoring.spaces)
+        if self.side != "targets":
+            self.chunks.check_layout(self.config.featurize.chunk_size, corpus_identity(self.config))
+            SpaceFile(self.chunks.folder).check(self.scoring.spaces)
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        config, chunks, shard = self.config, self.chunks, work.shard
+        chunks.claim_layout(config.featurize.chunk_size, corpus_identity(config))
+        SpaceFile(chunks.folder).claim(self.scoring.spaces)
+        chunks.remove_stale_temporaries(shard.owns)
+        corpus = CorpusStats()
+        written = already = examples = 0
+        started = time.monotonic()
+        with work.progress("text") as advance:
+            for index, docs in self.ownership.chunks(read_corpus(config.candidates, Shard(0, 1), corpus), shard):
+                if chunk_id(index) in work.writer:
+                    already += 1
                     continue
-                examples.append(example)
-                rows.append({"id": doc.id, "text": doc.text, "meta": doc.meta,
-                             "location": str(doc.location) if doc.location else None,
-                             "tokens": len(example.input_ids), "scored_tokens": example.scored_tokens})
-            dtype = np.dtype(config.featurize.store_dtype)
-            features = {c.epoch: scoring.features(examples, c.epoch, adam=True).astype(dtype) for c in scoring.checkpoints}
-            chunks.write(index, rows, features)
-            written += 1
-            examples_done += len(examples)
-            advance(len(examples))
-    chunks.record_total(stream.rows, config.featurize.chunk_size)  # the stream ended: the grid is known
-    elapsed = time.monotonic() - started
-    summary = {"shard": str(shard), "chunks_written": written, "chunks_already_done": done_before,
-               "examples": examples_done, "seconds": round(elapsed, 2),
-               "examples_per_second": round(examples_done / elapsed, 2) if elapsed > 0 else None,
-               "corpus": stats.as_dict()}
-    atomic_write_json(chunks.folder / f"shard-{shard.index:05d}-of-{shard.count:05d}.json", summary)
-    return summary
+                if chunks.is_done(index):  # written whole by a run killed before listing it
+                    kept = sum(1 for _ in chunks.rows(index))
+                    already += 1
+                else:
+                    rows, features = self.featurize_chunk(docs, corpus)
+                    chunks.write(index, rows, features)
+                    kept = len(rows)
+                    written += 1
+                    examples += kept
+                    advance(len(docs))
+                work.writer.write({"id": chunk_id(index), "chunk": index, "rows": len(docs), "examples": kept})
+        chunks.record_total(self.ownership.rows, config.featurize.chunk_size)  # the stream ended: the grid is known
+        if corpus.skipped:
+            log.warning("featurize %s: %s", shard, corpus.summary())
+        elapsed = time.monotonic() - started
+        self.shard_run = {"chunks_written": written, "chunks_already_done": already, "examples": examples,
+                          "seconds": round(elapsed, 2), "examples_per_second": round(examples / max(elapsed, 1e-9), 2)}
+        log.info("featurize %s: %s", shard, self.shard_run)
+        work.writer.flush()
+        listed = [row for _, row in iter_json_objects(work.writer.path)]
+        return {**self.shard_run, "rows": sum(r["rows"] for r in listed), "examples": sum(r["examples"] for r in listed)}
+
+    def featurize_chunk(self, docs: list[Document], corpus: CorpusStats) -> tuple[list[dict], dict[int, np.ndarray]]:
+        """A chunk's rows (what select reads back) and their features at every checkpoint."""
+        scoring = self.scoring
+        examples, rows = [], []
+        for doc in docs:
+            example = candidate_example(doc, self.config, scoring.tokenizer, corpus)
+            if example is None:
+                continue
+            examples.append(example)
+            rows.append({"id": doc.id, "text": doc.text, "meta": doc.meta,
+                         "location": str(doc.location) if doc.location else None,
+                         "tokens": len(example.input_ids), "scored_tokens": example.scored_tokens})
+        dtype = np.dtype(self.config.featurize.store_dtype)
+        return rows, {c.epoch: scoring.features(examples, c.epoch, adam=True).astype(dtype) for c in scoring.checkpoints}
+
+    def this_run(self, shard: Shard) -> dict[str, Any]:
+        """What this process did for ``shard``: its shard run, or nothing when it was sealed."""
+        if self.shard_run is not None:
+            return self.shard_run
+        total = self.chunks.total() or {"chunks": 0}
+        owned = sum(1 for j in range(total["chunks"]) if shard.owns(j))
+        return {"chunks_written": 0, "chunks_already_done": owned, "examples": 0}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts", {})
+        return (f"{counts.get('records', 0)} chunks, {counts.get('examples', 0)} candidates featurized "
+                f"({len(manifest.get('shards_done', []))} of {manifest.get('num_shards', '?')} shards done)")
+
+
+def finished_with_another_layout(stage: FeaturizeStage, shard: Shard) -> dict[str, Any] | None:
+    """Chunks, not shards, are the unit: a finished candidate store serves a resubmission with
+    another array size, as a no-op (every chunk a task owns is there). Its manifest, or None when
+    the store is unfinished or of this layout (the runner's case)."""
+    path = stage.output / MANIFEST
+    held = read_json(path) if path.is_file() else None
+    if held is None or not held.get("complete") or held.get("num_shards") == shard.count:
+        return None
+    # Opening it under its own layout refuses a folder of another config, and writes nothing.
+    StageOutput(stage.output, stage=stage.name, config=stage.manifest_config(), num_shards=held["num_shards"],
+                operational=stage.operational_keys())
+    return held
 
 
 def run_featurize(config: InfluenceConfig, shard: Shard, side: str = "both") -> dict[str, Any]:
-    scoring = load_scoring_model(config)
-    summary: dict[str, Any] = {"checkpoints": [c.epoch for c in scoring.checkpoints],
-                               "dim": scoring.featurizer.dim, "lora_parameters": scoring.featurizer.num_parameters}
-    if side in ("both", "targets"):
-        summary["targets"] = featurize_targets(scoring)
-    if side in ("both", "candidates"):
-        summary["candidates"] = featurize_candidates(scoring, shard)
-    return summary
+    """Targets (``side`` both or targets) and this shard's candidate chunks (both or candidates).
+    Returns the candidate store's manifest with what this run did: ``targets`` (examples per
+    set), ``candidates`` (chunks written and already done)."""
+    stage = FeaturizeStage(config, side)
+    stage.check()  # both sides, before the targets are written
+    scoring = stage.scoring
+    facts: dict[str, Any] = {"checkpoints": [c.epoch for c in scoring.checkpoints], "dim": scoring.featurizer.dim,
+                             "lora_parameters": scoring.featurizer.num_parameters}
+    if side != "candidates":
+        facts["targets"] = featurize_targets(scoring)
+    if side == "targets":
+        path = stage.output / MANIFEST
+        return {**(read_json(path) if path.is_file() else {}), **facts}
+    manifest = finished_with_another_layout(stage, shard)
+    if manifest is None:
+        manifest = run_stage(stage, shard)
+    return {**manifest, **facts, "candidates": stage.this_run(shard)}

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import ConfigError, InputError
+from data.storage import MANIFEST, read_json
 from influence.config import LoraSettings
 
 CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d+)$")
+WARMUP_STAGE = "influence-warmup"  # the stage name in a warm-up folder's manifest
 
 
 def attach_lora(model, settings: LoraSettings, *, for_training: bool):
@@ -96,6 +98,15 @@ def save_checkpoint(folder: Path, *, epoch: int, model, optimizer, average_lr: f
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
+
+
+def require_finished_warmup(folder: str | Path) -> None:
+    """Featurize and select use the checkpoints of a finished warm-up only."""
+    path = Path(folder) / MANIFEST
+    manifest = read_json(path) if path.is_file() else {}
+    if manifest.get("stage") != WARMUP_STAGE or not manifest.get("complete"):
+        state = "unfinished" if manifest.get("stage") == WARMUP_STAGE else "not a warm-up output"
+        raise InputError(f"warmup.output: {folder} is {state}; run `mathsynth influence warmup` first")
 
 
 def list_checkpoints(folder: str | Path, epochs: list[int] | None = None) -> list[Checkpoint]:

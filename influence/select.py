@@ -5,10 +5,13 @@ where target_e is the mean of a target set's normalised gradients (LESS); then t
 over target sets.
 
 ``--shard I/N`` scores only the chunks of shard I (chunk j mod N), so scoring runs as a Slurm
-array too; without it, any chunk not yet scored is scored here and then the merge runs: the
-global top-k (or top fraction) from all chunks' scores, near-duplicate removal and optional
-cluster quotas among the best candidates, and the selection written as a stage output that
-``distill`` reads as its corpus, with a report of its length and source bias.
+array too; scores are a cache beside the features (written atomically under per-process temp
+names, so two processes scoring the same chunk cannot tear a file), not a stage output. Without
+it, the merge is a stage of one job (:class:`SelectStage`): any chunk not yet scored is scored,
+then the global top-k (or top fraction) from all chunks' scores, near-duplicate removal and
+optional cluster quotas among the best candidates, and the selection written to ``select.output``
+as a stage output that ``distill`` reads as its corpus, with a report of its length and source
+bias (``report.json``, ``report.md``).
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ import numpy as np
 from data.errors import InputError
 from data.records import content_id
 from data.shards import Shard
-from data.storage import StageOutput, atomic_write_json, atomic_write_text, read_json
-from influence.config import OPERATIONAL_KEYS, InfluenceConfig
+from data.storage import atomic_write_json, atomic_write_text, read_json
+from influence.config import InfluenceConfig
+from influence.lora import require_finished_warmup
 from influence.selection import (
     cluster_quota_select,
     rank,
@@ -35,15 +39,20 @@ from influence.selection import (
 from influence.store import (
     CandidateChunks,
     SpaceFile,
+    candidates_folder,
     check_same_space,
     save_array,
+    targets_folder,
 )
+from runner.ownership import Whole
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 
 log = logging.getLogger(__name__)
 
 
 def _target_folder(config: InfluenceConfig) -> Path:
-    return Path(config.select.target_features or config.featurize.output) / "targets"
+    return targets_folder(config.select.target_features or config.featurize.output)
 
 
 def load_target_means(config: InfluenceConfig, epochs: list[int]) -> dict[str, dict[int, np.ndarray]]:
@@ -77,7 +86,7 @@ def checkpoint_weights(spaces: dict[str, Any], warmup_folder: str) -> dict[int, 
 class Scorer:
     def __init__(self, config: InfluenceConfig) -> None:
         self.config = config
-        self.chunks = CandidateChunks(Path(config.featurize.output) / "candidates")
+        self.chunks = CandidateChunks(candidates_folder(config.featurize.output))
         candidate_space = SpaceFile(self.chunks.folder).read()
         if candidate_space is None:
             raise InputError(f"{self.chunks.folder}: no candidate features; run `mathsynth influence featurize`")
@@ -144,12 +153,55 @@ def _source(row: dict[str, Any], field: str) -> str:
     return Path(location.rsplit(":", 1)[0]).name
 
 
+class SelectStage(Stage):
+    """The merge: one job, whose output folder is the selection."""
+
+    name = "influence-select"
+    ownership = Whole()
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.select.output)
+
+    def inputs(self) -> list[str]:
+        return [str(candidates_folder(self.config.featurize.output)), str(_target_folder(self.config)),
+                self.config.warmup.output]
+
+    def check(self) -> None:
+        """Features of one space for every chunk, target features of these definitions (the
+        scorer that checked them is kept for ``run_shard``)."""
+        require_finished_warmup(self.config.warmup.output)
+        self.scorer = Scorer(self.config)
+        self.chunk_indices = required_chunks(self.scorer.chunks)
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        records, report = select(self.config, self.scorer, self.chunk_indices)
+        for record in records:
+            work.writer.write(record)
+        atomic_write_json(self.output / "report.json", report)
+        atomic_write_text(self.output / "report.md", render_report_markdown(report))
+        for warning in report.get("warnings", []):
+            log.warning("selection: %s", warning)
+        work.output.annotate_manifest({"selection": {"pool": report["pool"], "selected": report["selected"]},
+                                       "report": "report.json"})
+        return {"selected": len(records), "pool": report["pool"]}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts", {})
+        return (f"{counts.get('selected', 0)} of {counts.get('pool', 0)} candidates selected "
+                f"(report: {Path(self.output) / 'report.md'})")
+
+
 def run_select(config: InfluenceConfig) -> dict[str, Any]:
     """Score what is left, merge, select, write. Returns the output's manifest."""
+    return run_stage(SelectStage(config), Shard(0, 1))
+
+
+def select(config: InfluenceConfig, scorer: Scorer, chunk_indices: list[int]) -> tuple[list[dict], dict[str, Any]]:
+    """The selection's records, best first, and its report."""
     settings = config.select
-    scorer = Scorer(config)
     per_target, chunk_of, offset_of, lengths, sources = [], [], [], [], []
-    for index in required_chunks(scorer.chunks):
+    for index in chunk_indices:
         scores = scorer.score_chunk(index)
         per_target.append(scores)
         chunk_of.append(np.full(len(scores), index, dtype=np.int64))
@@ -171,7 +223,7 @@ def run_select(config: InfluenceConfig) -> dict[str, Any]:
         report["diversity"] = clusters
     report["targets"] = scorer.target_names
     report["checkpoint_weights"] = {str(e): round(w, 6) for e, w in scorer.weights.items()}
-    return _write_selection(config, scorer, selected, scores, per_target_all, chunk_of_all, offset_of_all, report)
+    return _selected_records(scorer, selected, scores, per_target_all, chunk_of_all, offset_of_all), report
 
 
 def _pick(scorer: Scorer, ranked: np.ndarray, n_select: int, chunk_of: np.ndarray, offset_of: np.ndarray,
@@ -224,9 +276,8 @@ def _gather_features(scorer: Scorer, indices: np.ndarray, chunk_of: np.ndarray, 
     return out / np.maximum(norms, 1e-30)  # stored in float16: renormalise
 
 
-def _write_selection(config: InfluenceConfig, scorer: Scorer, selected: np.ndarray, scores: np.ndarray,
-                     per_target: np.ndarray, chunk_of: np.ndarray, offset_of: np.ndarray,
-                     report: dict[str, Any]) -> dict[str, Any]:
+def _selected_records(scorer: Scorer, selected: np.ndarray, scores: np.ndarray, per_target: np.ndarray,
+                      chunk_of: np.ndarray, offset_of: np.ndarray) -> list[dict[str, Any]]:
     wanted: dict[int, dict[int, int]] = {}  # chunk -> offset -> position in the selection
     for position, g in enumerate(selected):
         wanted.setdefault(int(chunk_of[g]), {})[int(offset_of[g])] = position
@@ -243,17 +294,4 @@ def _write_selection(config: InfluenceConfig, scorer: Scorer, selected: np.ndarr
                                                 for k, name in enumerate(scorer.target_names)},
                                   "source_location": row.get("location")},
                 }
-    output = StageOutput(config.select.output, stage="influence-select",
-                         config=config.model_dump(mode="json"),
-                         inputs=[config.featurize.output], operational=OPERATIONAL_KEYS)
-    shard = Shard(0, 1)
-    writer = output.open_shard(shard)
-    for record in records:
-        writer.write(record)
-    atomic_write_json(Path(config.select.output) / "report.json", report)
-    atomic_write_text(Path(config.select.output) / "report.md", render_report_markdown(report))
-    for warning in report.get("warnings", []):
-        log.warning("selection: %s", warning)
-    output.finish_shard(shard, writer, {"selected": len(records), "pool": int(len(scores))})
-    return output.annotate_manifest({"selection": {k: report[k] for k in ("pool", "selected") if k in report},
-                                     "report": "report.json"})
+    return records

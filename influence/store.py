@@ -9,9 +9,12 @@
       candidates/chunk-<j>/rows.jsonl     id, text, location, meta, tokens of each row
       candidates/chunk-<j>/epoch-<e>.npy  (n, dim) L2-normalised Adam directions
       candidates/total.json               the corpus's row and chunk count, once a shard saw its end
+      candidates/manifest.json            featurize's stage output (see influence.featurize)
+      candidates/part-<i>-of-<n>.jsonl    the chunks shard i wrote; .done once it is sealed
 
 A chunk folder is written under a temporary name and renamed into place, so after a kill it
-is either whole or absent; a rerun redoes only the absent ones.
+is either whole or absent; a rerun redoes only the absent ones. Temporary names carry the
+writer's pid, so two processes never write into the same temporary file or folder.
 
 Two features can be compared only when model, checkpoint, LoRA shape, projection (kind, size,
 seed, nnz), parameter order, compute dtype and token budget are the same. All of those are
@@ -20,16 +23,27 @@ and select refuses to score across spaces, naming what differs.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from data.errors import InputError, OutputError, UserError
 from data.records import content_id
 from data.storage import atomic_write_json, read_json
+
+
+def targets_folder(features: str | Path) -> Path:
+    return Path(features) / "targets"
+
+
+def candidates_folder(features: str | Path) -> Path:
+    return Path(features) / "candidates"
 
 
 def describe_space(*, model: str, checkpoint: str, lora: dict, projection: dict, order: list, dtype: str,
@@ -55,16 +69,23 @@ class SpaceFile:
     def read(self) -> dict[str, dict[str, Any]] | None:
         return read_json(self.path) if self.path.exists() else None
 
+    def check(self, spaces: dict[int, dict[str, Any]]) -> None:
+        """Refuse to add features of ``spaces`` to a folder that holds another space (reads only)."""
+        held = self.read()
+        if held is not None:
+            check_same_space(held, _space_entries(spaces), f"{self.path.parent} holds features of another feature "
+                             "space", "use a new featurize.output or remove it", kind=OutputError)
+
     def claim(self, spaces: dict[int, dict[str, Any]]) -> None:
         """Record this side's space, or check that the folder already holds the same one."""
-        wanted = {str(e): {"hash": space_hash(d), "description": d} for e, d in spaces.items()}
-        held = self.read()
-        if held is None:
+        self.check(spaces)
+        if self.read() is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path, wanted)
-            return
-        check_same_space(held, wanted, f"{self.path.parent} holds features of another feature space",
-                         "use a new featurize.output or remove it", kind=OutputError)
+            atomic_write_json(self.path, _space_entries(spaces))
+
+
+def _space_entries(spaces: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(e): {"hash": space_hash(d), "description": d} for e, d in spaces.items()}
 
 
 def check_same_space(held: dict, wanted: dict, problem: str, advice: str,
@@ -81,7 +102,8 @@ def check_same_space(held: dict, wanted: dict, problem: str, advice: str,
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomic, and safe when two processes save the same array (each renames its own temp file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         np.save(handle, array)
     tmp.replace(path)
@@ -97,36 +119,51 @@ class CandidateChunks:
     def is_done(self, index: int) -> bool:
         return self.chunk_dir(index).is_dir()
 
-    def claim_layout(self, chunk_size: int, corpus: dict[str, Any]) -> None:
+    def check_layout(self, chunk_size: int, corpus: dict[str, Any]) -> None:
         """Chunks are index ranges of one corpus read one way: a rerun with another chunk size,
-        another corpus or other reading settings would mix rows, so it is refused."""
+        another corpus or other reading settings would mix rows, so it is refused (reads only)."""
         path = self.folder / "layout.json"
-        wanted = {"chunk_size": chunk_size, "corpus": corpus}
-        if path.exists():
-            held = read_json(path)
-            if held["chunk_size"] != chunk_size:
-                raise OutputError(f"{self.folder}: chunks hold {held['chunk_size']} rows each; featurize.chunk_size "
-                                  f"is {chunk_size} (use {held['chunk_size']} or a new featurize.output)")
-            if held.get("corpus") != corpus:
-                changed = differences(held.get("corpus") or {}, corpus)
-                raise OutputError(f"{self.folder}: holds chunks of another candidate corpus ({', '.join(changed)} "
-                                  "differ); use a new featurize.output")
+        if not path.exists():
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, wanted)
+        held = read_json(path)
+        if held["chunk_size"] != chunk_size:
+            raise OutputError(f"{self.folder}: chunks hold {held['chunk_size']} rows each; featurize.chunk_size "
+                              f"is {chunk_size} (use {held['chunk_size']} or a new featurize.output)")
+        if held.get("corpus") != corpus:
+            changed = differences(held.get("corpus") or {}, corpus)
+            raise OutputError(f"{self.folder}: holds chunks of another candidate corpus ({', '.join(changed)} "
+                              "differ); use a new featurize.output")
+
+    def claim_layout(self, chunk_size: int, corpus: dict[str, Any]) -> None:
+        self.check_layout(chunk_size, corpus)
+        path = self.folder / "layout.json"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"chunk_size": chunk_size, "corpus": corpus})
 
     def write(self, index: int, rows: list[dict[str, Any]], features: dict[int, np.ndarray]) -> None:
         final = self.chunk_dir(index)
-        tmp = self.folder / f".chunk-{index:06d}.tmp"
+        tmp = self.folder / f".chunk-{index:06d}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         with open(tmp / "rows.jsonl", "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         for epoch, array in features.items():
             with open(tmp / f"epoch-{epoch}.npy", "wb") as handle:
                 np.save(handle, array)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.is_done(index):
+                raise
+            shutil.rmtree(tmp)  # another process wrote the same chunk first: the same rows and features
+
+    def remove_stale_temporaries(self, owned) -> None:
+        """Temporary chunk folders left by killed processes, for the chunks ``owned(index)`` says
+        are this shard's: only the holder of a shard's lock writes its chunks, so they are dead."""
+        for tmp in self.folder.glob(".chunk-*.tmp"):
+            if owned(int(tmp.name.split(".")[1].split("-")[1])):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def record_total(self, rows: int, chunk_size: int) -> None:
         atomic_write_json(self.folder / "total.json", {"rows": rows, "chunks": -(-rows // chunk_size)})

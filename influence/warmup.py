@@ -9,6 +9,11 @@ dropout masks (seeded from seed and epoch) and the learning rate at each step. T
 makes resume exact: a rerun loads the last saved epoch's weights and Adam state, moves the
 schedule to its step, and goes on as if it had never stopped. A kill mid-epoch loses only
 that epoch's progress, since a checkpoint is written whole or not at all.
+
+The folder is a stage output of one job (:class:`WarmupStage`): ``epoch-<e>/`` checkpoints, and a
+part file with one record per saved epoch (``epoch-3``: its loss and average learning rate),
+written after the checkpoint. A checkpoint whose record is missing (a kill in between) gets
+one on the rerun, its loss unknown (None).
 """
 from __future__ import annotations
 
@@ -16,20 +21,21 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from data.corpus import CorpusStats, read_corpus
+from data.corpus import CorpusStats, read_corpus, resolve_sources
 from data.errors import ConfigError, InputError, OutputError
+from data.jsonl import iter_json_objects
 from data.progress import progress_bar
 from data.records import Document, stable_seed, stable_uniform
 from data.shards import Shard
-from data.storage import MANIFEST, StageOutput, read_json
 from influence.config import InfluenceConfig, WarmupSettings
 from influence.examples import TokenizedExample, candidate_example, collate
 from influence.gradients import per_example_losses
 from influence.lora import (
+    WARMUP_STAGE,
     Checkpoint,
     attach_lora,
     list_checkpoints,
@@ -37,15 +43,12 @@ from influence.lora import (
     lora_parameters,
     save_checkpoint,
 )
+from runner.ownership import Whole
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "influence-warmup"
-# The parts of the config the checkpoints depend on; the rest (targets, featurize, select,
-# device) can change without invalidating a warm-up.
-RESULT_KEYS = ("model", "dtype", "max_length", "lora", "candidates", "warmup")
-# Where the folder is does not change what is in it: a moved warm-up folder is still valid.
-LOCATION_KEYS = ("warmup.output",)
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -127,47 +130,92 @@ def _saved_checkpoints(folder: Path, epochs: int) -> list[Checkpoint]:
     return saved
 
 
-def _facts_so_far(previous: dict[str, Any], saved: list[Checkpoint]) -> tuple[list[float | None], list[float]]:
-    """Loss and average learning rate of the saved epochs. The learning rate is in each
-    checkpoint; the loss only in the manifest, which a kill right after a checkpoint was
-    written leaves one epoch behind (that loss is then unknown: None)."""
-    losses = list(previous.get("loss_per_epoch", []))[: len(saved)]
-    return losses + [None] * (len(saved) - len(losses)), [c.average_lr for c in saved]
+class WarmupStage(Stage):
+    """One job: the epochs not saved yet, each ending in a checkpoint and its record."""
+
+    name = WARMUP_STAGE
+    ownership = Whole()
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.warmup.output)
+
+    def inputs(self) -> list[str]:
+        return list(self.config.candidates.paths)
+
+    def check(self) -> None:
+        resolve_sources(self.config.candidates.paths)
+
+    def manifest_config(self) -> dict[str, Any]:
+        # What the checkpoints depend on: targets, featurize and select may change without
+        # invalidating a warm-up.
+        return self.config.model_dump(mode="json", include={"model", "dtype", "max_length", "lora", "candidates",
+                                                             "warmup"})
+
+    def operational_keys(self) -> list[str]:
+        # Where the folder lives does not change what is in it: a moved warm-up is still the same one.
+        return [*super().operational_keys(), "warmup.output"]
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        from llm.loading import load_tokenizer
+
+        config, settings = self.config, self.config.warmup
+        saved = _saved_checkpoints(self.output, settings.epochs)
+        corpus = CorpusStats()
+        tokenizer = load_tokenizer(config.model)
+        examples = warmup_examples(config, tokenizer, stats=corpus)
+        if not examples:
+            raise ConfigError(f"warmup.fraction {settings.fraction}: no candidate was sampled "
+                              f"({corpus.summary()}); raise it or add candidates")
+        steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
+        if saved and saved[-1].step != saved[-1].epoch * steps_per_epoch:
+            raise OutputError(f"{saved[-1].folder}: saved at step {saved[-1].step}, expected "
+                              f"{saved[-1].epoch * steps_per_epoch}; was the candidate pool changed? use a new "
+                              "warmup.output")
+        work.writer.flush()
+        records = {row["epoch"]: row for _, row in iter_json_objects(work.writer.path)}
+
+        def record(epoch: int, loss: float | None, average_lr: float) -> None:
+            records.setdefault(epoch, {"id": f"epoch-{epoch}", "epoch": epoch, "step": epoch * steps_per_epoch,
+                                       "loss": loss, "average_lr": average_lr})
+            work.writer.write(records[epoch])
+            work.writer.flush()
+            done = [records[e] for e in sorted(records)]
+            work.output.annotate_manifest({"warmup": {
+                "examples": len(examples), "steps_per_epoch": steps_per_epoch, "epochs_done": len(done),
+                "loss_per_epoch": [r["loss"] for r in done], "average_lr_per_epoch": [r["average_lr"] for r in done],
+                "corpus": corpus.as_dict()}})
+
+        for checkpoint in saved:  # one a kill left unrecorded gets its record, its loss lost
+            record(checkpoint.epoch, None, checkpoint.average_lr)
+        if len(saved) < settings.epochs:
+            train_epochs(config, examples, tokenizer, saved, on_epoch=record)
+        else:
+            log.info("%s: all %d warm-up epochs saved; nothing to train", self.output, settings.epochs)
+        return {"examples": len(examples), "epochs": settings.epochs, "steps_per_epoch": steps_per_epoch}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        facts = manifest.get("warmup", {})
+        losses = ", ".join("?" if loss is None else f"{loss:.4f}" for loss in facts.get("loss_per_epoch", []))
+        return (f"{facts.get('epochs_done', 0)} of {manifest.get('config', {}).get('warmup', {}).get('epochs', '?')} "
+                f"epochs on {facts.get('examples', 0)} examples; loss per epoch: {losses or 'none yet'}")
 
 
 def run_warmup(config: InfluenceConfig) -> dict[str, Any]:
     """Train (or finish training) the warm-up LoRA; returns the folder's manifest."""
-    settings = config.warmup
-    folder = Path(settings.output)
-    saved = _saved_checkpoints(folder, settings.epochs)
-    stale = folder / MANIFEST
-    if not saved and stale.is_file() and read_json(stale).get("stage") == STAGE:
-        # Nothing was trained under it (say a run that stopped on a misnamed pair_field), so a
-        # corrected config may start over; once an epoch is saved, a different config is refused.
-        stale.unlink()
-    output = StageOutput(folder, stage=STAGE, config=config.model_dump(mode="json", include=set(RESULT_KEYS)),
-                         inputs=config.candidates.paths, operational=LOCATION_KEYS)
-    previous = read_json(folder / MANIFEST).get("warmup", {})
-    losses, average_lrs = _facts_so_far(previous, saved)
-    if len(saved) == settings.epochs:
-        log.info("%s: all %d warm-up epochs saved; nothing to do", folder, settings.epochs)
-        if previous.get("epochs_done") == settings.epochs:
-            return read_json(folder / MANIFEST)
-        # Killed after the last checkpoint was written but before the manifest said so.
-        return output.annotate_manifest({"complete": True, "warmup": {
-            **previous, "steps_per_epoch": saved[-1].step // saved[-1].epoch, "epochs_done": settings.epochs,
-            "loss_per_epoch": losses, "average_lr_per_epoch": average_lrs}})
+    return run_stage(WarmupStage(config), Shard(0, 1))
 
+
+def train_epochs(config: InfluenceConfig, examples: list[TokenizedExample], tokenizer, saved: list[Checkpoint],
+                 on_epoch: Callable[[int, float, float], None]) -> None:
+    """Train the epochs after ``saved`` (resuming from the last one), saving a checkpoint at the
+    end of each; ``on_epoch(epoch, loss, average_lr)`` is called once it is saved."""
     import torch
 
-    from llm.loading import load_model, load_tokenizer
+    from llm.loading import load_model
 
-    tokenizer = load_tokenizer(config.model)
-    corpus_stats = CorpusStats()
-    examples = warmup_examples(config, tokenizer, stats=corpus_stats)
-    if not examples:
-        raise ConfigError(f"warmup.fraction {settings.fraction}: no candidate was sampled "
-                          f"({corpus_stats.summary()}); raise it or add candidates")
+    settings = config.warmup
+    folder = Path(settings.output)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = steps_per_epoch * settings.epochs
     warmup = warmup_steps(settings, total_steps)
@@ -184,9 +232,6 @@ def run_warmup(config: InfluenceConfig) -> dict[str, Any]:
 
     if saved:
         last = saved[-1]
-        if last.step != last.epoch * steps_per_epoch:
-            raise OutputError(f"{last.folder}: saved at step {last.step}, expected {last.epoch * steps_per_epoch}; "
-                              f"was the candidate pool changed? use a new warmup.output")
         _restore_adam(optimizer, model, last)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
             warnings.simplefilter("ignore", UserWarning)
@@ -213,15 +258,8 @@ def run_warmup(config: InfluenceConfig) -> dict[str, Any]:
                 loss_sum += float(loss.detach()) * len(batch)
                 advance(len(batch))
         seconds = time.monotonic() - started
-        losses.append(loss_sum / len(examples))  # each example counted once, whatever its batch
-        average_lrs.append(lr_sum / steps_per_epoch)
-        save_checkpoint(folder, epoch=epoch, model=model, optimizer=optimizer, average_lr=average_lrs[-1])
+        loss, average_lr = loss_sum / len(examples), lr_sum / steps_per_epoch  # each example counted once
+        save_checkpoint(folder, epoch=epoch, model=model, optimizer=optimizer, average_lr=average_lr)
         log.info("warm-up epoch %d/%d: loss %.4f, %.1f examples/s, average lr %.3g", epoch, settings.epochs,
-                 losses[-1], len(examples) / max(seconds, 1e-9), average_lrs[-1])
-        manifest = output.annotate_manifest({
-            "complete": epoch == settings.epochs,
-            "warmup": {"examples": len(examples), "steps_per_epoch": steps_per_epoch, "epochs_done": epoch,
-                       "loss_per_epoch": losses, "average_lr_per_epoch": average_lrs,
-                       "corpus": corpus_stats.as_dict()},
-        })
-    return manifest
+                 loss, len(examples) / max(seconds, 1e-9), average_lr)
+        on_epoch(epoch, loss, average_lr)

@@ -8,16 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from data.config_base import StrictConfig, operational
 from data.errors import ConfigError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TrainData(_Strict):
+class TrainData(StrictConfig):
     """The distill stage's SFT export: a distill output folder (its ``sft_<format>.jsonl`` is
     read) or one of those files directly."""
 
@@ -32,7 +29,7 @@ class TrainData(_Strict):
         return path / f"sft_{self.format}.jsonl" if path.is_dir() else path
 
 
-class LoraSettings(_Strict):
+class LoraSettings(StrictConfig):
     r: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -41,7 +38,7 @@ class LoraSettings(_Strict):
         min_length=1)
 
 
-class Schedule(_Strict):
+class Schedule(StrictConfig):
     """``cosine``: linear warm-up, cosine to ``min_lr_ratio``. ``wsd`` (warmup-stable-decay):
     linear warm-up, constant until ``decay_start`` of the steps, linear decay to ``min_lr_ratio``.
     ``constant``: warm-up then flat."""
@@ -59,10 +56,11 @@ class Schedule(_Strict):
         return self
 
 
-class SynthTrainConfig(_Strict):
+class SynthTrainConfig(StrictConfig):
     model: str = Field(..., min_length=1, description="base checkpoint: a local folder or a hub name")
     data: TrainData
-    output: str = Field(..., min_length=1, description="the result: an HF checkpoint folder (plus checkpoints/)")
+    # Operational: where the folder lives does not change the model in it (a moved run resumes).
+    output: str = operational(..., min_length=1, description="the result: an HF checkpoint folder (plus checkpoints/)")
     max_length: int = Field(2048, ge=8, description="tokens per packed row; a longer example is cut")
     packing: bool = Field(True, description="several examples per row, attention kept within each")
     epochs: int = Field(5, ge=1)
@@ -78,9 +76,9 @@ class SynthTrainConfig(_Strict):
     gradient_checkpointing: bool = False
     lora: LoraSettings | None = Field(None, description="null: full fine-tuning; else LoRA, merged on save")
     seed: int = 0
-    save_steps: int = Field(100, ge=1, description="a resumable checkpoint every N optimizer steps")
-    keep_checkpoints: int = Field(1, ge=0, description="checkpoints kept; 0 removes them all once the run ends")
-    logging_steps: int = Field(10, ge=1)
+    save_steps: int = operational(100, ge=1, description="a resumable checkpoint every N optimizer steps")
+    keep_checkpoints: int = operational(1, ge=0, description="checkpoints kept; 0 removes them all once the run ends")
+    logging_steps: int = operational(10, ge=1)
 
 
 def check_train_config(config: SynthTrainConfig) -> None:

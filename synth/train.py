@@ -12,8 +12,16 @@ Loss: summed over target tokens, divided by the target tokens of the whole globa
 (per-device batch x processes x accumulation), so the gradient does not depend on how the
 batch is split over processes.
 
-    python -m synth.train --config FILE.yaml
-    accelerate launch --config_file configs/accelerate/cpu-2proc.yaml -m synth.train --config FILE.yaml
+The output folder is a stage output of one job (:class:`SynthTrainStage`) and, once sealed, an
+ordinary HF checkpoint folder (model, tokenizer, model card). Its part file is the training
+log, one record per logged step (``step-40``), so a resumed run never writes a step twice;
+``batches.jsonl`` lists the rows of every step trained, a step redone after a resume included.
+Under ``accelerate launch`` only process 0 runs the stage's life (lock, manifest, part file,
+seal); it tells the others whether to train once the folder is checked and locked, and they
+train beside it without touching any of those files.
+
+    python -m synth train --config FILE.yaml
+    accelerate launch --config_file configs/accelerate/cpu-2proc.yaml -m synth train --config FILE.yaml
 """
 from __future__ import annotations
 
@@ -31,14 +39,19 @@ from typing import Any
 import yaml
 
 from data.errors import ConfigError, InputError, OutputError
-from data.records import config_hash, stable_seed
+from data.records import stable_seed
+from data.shards import Shard
 from data.storage import (
+    ShardWriter,
+    StageOutput,
     atomic_write_json,
     atomic_write_text,
     describe_input,
-    package_versions,
-    read_json,
+    part_stem,
 )
+from runner.ownership import Whole
+from runner.run import run_stage
+from runner.stage import ShardWork, Stage
 from synth.config import SynthTrainConfig, check_train_config
 from synth.packing import (
     PackedRow,
@@ -52,16 +65,11 @@ from synth.packing import (
 
 log = logging.getLogger(__name__)
 
-STAGE = "synth-train"
-# Keys that change how a run goes, not what it computes: a resume may change them.
-OPERATIONAL_KEYS = ("save_steps", "keep_checkpoints", "logging_steps", "output")
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 BATCH_LOG = "batches.jsonl"
-TRAIN_LOG = "train_log.jsonl"
+TRAIN_LOG = f"{part_stem(Shard(0, 1))}.jsonl"  # the stage's part file
 ISOLATION_ATOL = 1e-3
-# Test hook: seconds to sleep after each optimizer step, so a test can kill a run mid-way.
-STEP_DELAY_ENV = "MATHSYNTH_TRAIN_STEP_DELAY"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,8 +103,6 @@ def build_rows(config: SynthTrainConfig, tokenizer) -> tuple[list[PackedRow], di
     """The packed rows, identical on every process and every rerun."""
     examples = [tokenize_sft(tokenizer, i, prompt, target, config.max_length)
                 for i, prompt, target in read_sft_rows(config.data.file(), config.data.format, config.data.limit)]
-    if not examples:
-        raise InputError(f"data.path: {config.data.file()} holds no examples")
     random.Random(stable_seed(config.seed, "pack")).shuffle(examples)
     rows = pack(examples, config.max_length, packing=config.packing)
     stats = {"examples": len(examples), "rows": len(rows),
@@ -174,7 +180,7 @@ def _checkpoints(output: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _save_checkpoint(accelerator, output: Path, step: int, run_hash: str, keep: int) -> None:
+def _save_checkpoint(accelerator, output: Path, step: int, keep: int) -> None:
     final = output / CHECKPOINTS / f"step-{step:08d}"
     tmp = output / CHECKPOINTS / f".tmp-step-{step:08d}"
     if accelerator.is_main_process:
@@ -184,7 +190,7 @@ def _save_checkpoint(accelerator, output: Path, step: int, run_hash: str, keep: 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, {"step": step, "run_hash": run_hash, "processes": accelerator.num_processes})
+        atomic_write_json(tmp / STATE_FILE, {"step": step, "processes": accelerator.num_processes})
         os.replace(tmp, final)  # whole or absent: the state file is in before the rename
         for old in _checkpoints(output)[: -max(1, keep)]:
             shutil.rmtree(old, ignore_errors=True)
@@ -192,29 +198,89 @@ def _save_checkpoint(accelerator, output: Path, step: int, run_hash: str, keep: 
 
 
 # ---------------------------------------------------------------------------------------------
-# The run
+# The stage
+
+
+class SynthTrainStage(Stage):
+    """One job (several processes come from accelerate, not from shards). ``accelerator``: the
+    run's, given by :func:`run_train`; the stage object alone (no accelerator) is enough for
+    ``summary``."""
+
+    name = "synth-train"
+    ownership = Whole()
+    has_finish_step = True  # drops the resumable checkpoints (keep_checkpoints: 0) once the model is sealed
+
+    def __init__(self, config: SynthTrainConfig, accelerator=None) -> None:
+        super().__init__(config)
+        self.accelerator = accelerator
+        self.training_started = False
+
+    def inputs(self) -> list[str]:
+        return [self.config.model, self.config.data.path]
+
+    def check(self) -> None:
+        """The SFT file exists and every row of it parses (one line naming file and line)."""
+        check_train_config(self.config)
+        data = self.config.data
+        if sum(1 for _ in read_sft_rows(data.file(), data.format, data.limit)) == 0:
+            raise InputError(f"data.path: {data.file()} holds no examples")
+
+    def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        self.training_started = True
+        process_zero_decides(self.accelerator, TRAIN)
+        data = _data_fingerprint(self.config)
+        work.output.annotate_manifest({"inputs": [describe_input(self.config.model), data]})
+        stats = train(self.config, self.accelerator, train_log=work.writer)
+        atomic_write_text(self.output / "README.md", model_card(self.config, data, stats))
+        work.output.annotate_manifest({"stats": stats})
+        return stats
+
+    def finish(self, output: StageOutput) -> dict[str, Any]:
+        if self.config.keep_checkpoints == 0:
+            shutil.rmtree(self.output / CHECKPOINTS, ignore_errors=True)
+        return {}
+
+    def summary(self, manifest: dict[str, Any]) -> str:
+        stats = manifest.get("stats", {})
+        loss = stats.get("final_loss")
+        return (f"{stats.get('steps', 0)} steps on {stats.get('examples', 0)} examples "
+                f"({stats.get('processes', 1)} processes), final loss {'?' if loss is None else f'{loss:.4f}'}")
+
+
+TRAIN, STOP = "train", "stop"
+
+
+def process_zero_decides(accelerator, decision: str | None = None) -> str:
+    """Process 0 says whether to train (it holds the lock and the folder is checked) or to stop
+    (the folder is sealed, or refused); every other process waits here for the word."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([decision], from_process=0)[0]
 
 
 def run_train(config: SynthTrainConfig) -> dict[str, Any]:
-    """Train (or resume, or do nothing if done); returns the manifest of the saved model."""
+    """Train (or resume, or do nothing if done). Returns the output's manifest on process 0;
+    the other processes of an ``accelerate launch`` return an empty dict (one process owns the
+    output)."""
+    accelerator = make_accelerator(config)
+    if not accelerator.is_main_process:
+        if process_zero_decides(accelerator) == TRAIN:
+            train(config, accelerator)
+        accelerator.end_training()
+        return {}
+    stage = SynthTrainStage(config, accelerator)
+    try:
+        manifest = run_stage(stage, Shard(0, 1))
+    finally:
+        if not stage.training_started:  # sealed already, or refused: the others must not wait
+            process_zero_decides(accelerator, STOP)
+    accelerator.end_training()
+    return manifest
+
+
+def make_accelerator(config: SynthTrainConfig):
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from llm.loading import load_tokenizer
-
-    check_train_config(config)
-    output = Path(config.output)
-    manifest_path = output / "manifest.json"
-    resolved = config.model_dump(mode="json")
-    run_hash = config_hash({k: v for k, v in resolved.items() if k not in OPERATIONAL_KEYS})
-    if manifest_path.is_file():
-        manifest = read_json(manifest_path)
-        if manifest.get("complete") and manifest.get("config_hash") == run_hash:
-            log.info("%s: already trained; nothing to do", output)
-            return manifest
-        if manifest.get("complete"):
-            raise OutputError(f"output: {output} holds a model trained with another config; use a new output folder")
 
     cuda = torch.cuda.is_available()
     mixed = "bf16" if (cuda and config.dtype == "auto") else "no"
@@ -222,6 +288,19 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
                               gradient_accumulation_steps=config.gradient_accumulation_steps)
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch size; we have no dataloader
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_batch_size
+    return accelerator
+
+
+def train(config: SynthTrainConfig, accelerator, train_log: ShardWriter | None = None) -> dict[str, Any]:
+    """The training run, on every process: resume from the last checkpoint, train to the end,
+    save the model into ``config.output``. ``train_log``: the stage's part file, process 0 only.
+    Returns the run's stats."""
+    import torch
+    from accelerate.utils import set_seed
+
+    from llm.loading import load_tokenizer
+
+    output = Path(config.output)
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(stable_seed(config.seed, "init") % 2**32)
 
@@ -234,7 +313,7 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
                          f"per_device_batch_size x {world} processes x gradient_accumulation_steps)")
     total_steps = steps_per_epoch * config.epochs
 
-    model = _setup_model(config, cuda)
+    model = _setup_model(config, torch.cuda.is_available())
     optimizer = _optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -249,9 +328,7 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
     start_step = 0
     saved = _checkpoints(output)
     if saved:
-        state = read_json(saved[-1] / STATE_FILE)
-        if state["run_hash"] != run_hash:
-            raise OutputError(f"output: {saved[-1]} was saved with another config; use a new output folder")
+        state = json.loads((saved[-1] / STATE_FILE).read_text())
         if state.get("processes", world) != world:  # the data position is a step of global batches
             raise OutputError(f"output: {saved[-1]} was saved by {state['processes']} processes; resume with the "
                               f"same number (this run has {world})")
@@ -259,7 +336,6 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
         start_step = state["step"]
         log.info("resuming from %s (step %d of %d)", saved[-1], start_step, total_steps)
     if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
         for torn in (output / CHECKPOINTS).glob(".tmp-step-*"):  # a kill while saving leaves these
             shutil.rmtree(torn, ignore_errors=True)
         log.info("%d examples in %d rows of <= %d tokens; %d steps (%d epochs x %d), global batch %d rows "
@@ -267,7 +343,6 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
                  config.max_length, total_steps, config.epochs, steps_per_epoch, global_rows,
                  config.per_device_batch_size, world, config.gradient_accumulation_steps)
 
-    delay = float(os.environ.get(STEP_DELAY_ENV, "0") or 0)
     device = accelerator.device
     B = config.per_device_batch_size
     losses, window_tokens, window_start = [], 0, time.monotonic()
@@ -306,27 +381,25 @@ def run_train(config: SynthTrainConfig) -> dict[str, Any]:
         losses.append(step_loss)
         window_tokens += sum(len(rows[i].input_ids) for i in batch_rows)
         done = step + 1
-        if accelerator.is_main_process:
+        if train_log is not None:
             _append(output / BATCH_LOG, {"step": done, "epoch": epoch, "rows": batch_rows,
                                          "hash": _rows_hash([rows[i] for i in batch_rows])})
             if done % config.logging_steps == 0 or done == total_steps:
                 seconds = time.monotonic() - window_start
-                record = {"step": done, "epoch": epoch, "loss": round(sum(losses) / len(losses), 6),
+                record = {"id": f"step-{done}", "step": done, "epoch": epoch, "loss": round(sum(losses) / len(losses), 6),
                           "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(window_tokens / max(seconds, 1e-9), 1)}
-                _append(output / TRAIN_LOG, record)
+                train_log.write(record)
+                train_log.flush()
                 log.info("step %d/%d  loss %.4f  lr %.3g  %.0f tokens/s", done, total_steps, record["loss"],
                          record["lr"], record["tokens_per_s"])
                 losses, window_tokens, window_start = [], 0, time.monotonic()
         if done % config.save_steps == 0 and done < total_steps:
-            _save_checkpoint(accelerator, output, done, run_hash, config.keep_checkpoints)
-        if delay:
-            time.sleep(delay)
+            _save_checkpoint(accelerator, output, done, config.keep_checkpoints)
 
-    manifest = _save_final(accelerator, model, tokenizer, config, run_hash, {
-        **data_stats, "steps": total_steps, "steps_per_epoch": steps_per_epoch, "global_batch_rows": global_rows,
-        "processes": world, "final_loss": last_loss, "resumed_from_step": start_step or None})
-    accelerator.end_training()
-    return manifest
+    stats = {**data_stats, "steps": total_steps, "steps_per_epoch": steps_per_epoch, "global_batch_rows": global_rows,
+             "processes": world, "final_loss": last_loss, "resumed_from_step": start_step or None}
+    _save_model(accelerator, model, tokenizer, config)
+    return stats
 
 
 def _append(path: Path, record: dict) -> None:
@@ -345,16 +418,15 @@ def _data_fingerprint(config: SynthTrainConfig) -> dict[str, Any]:
             "source": describe_input(folder) if folder.is_dir() else None}
 
 
-def _save_final(accelerator, model, tokenizer, config: SynthTrainConfig, run_hash: str, stats: dict) -> dict:
-    """The trained model as an ordinary checkpoint folder (LoRA merged into the base), with the
-    tokenizer, a model card and the manifest, moved into ``output`` when whole."""
+def _save_model(accelerator, model, tokenizer, config: SynthTrainConfig) -> None:
+    """The trained model as an ordinary checkpoint folder (LoRA merged into the base) with its
+    tokenizer, moved into ``output`` when whole. Every process takes part (FSDP/ZeRO gather)."""
     import torch
 
     output = Path(config.output)
     tmp = output / ".final-tmp"
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP/ZeRO shards; collective
-    manifest = None
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = accelerator.unwrap_model(model)
@@ -368,19 +440,12 @@ def _save_final(accelerator, model, tokenizer, config: SynthTrainConfig, run_has
             state_dict = None
         unwrapped.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        data = _data_fingerprint(config)
-        manifest = {"stage": STAGE, "config": config.model_dump(mode="json"), "config_hash": run_hash,
-                    "inputs": [{"model": config.model}, data], "versions": package_versions(),
-                    "stats": stats, "complete": True}
-        atomic_write_text(tmp / "README.md", model_card(config, data, stats))
         for item in tmp.iterdir():
+            if (output / item.name).is_dir():  # an adapter/ of an earlier attempt
+                shutil.rmtree(output / item.name)
             os.replace(item, output / item.name)
         tmp.rmdir()
-        atomic_write_json(output / "manifest.json", manifest)  # last: marks the folder complete
-        if config.keep_checkpoints == 0:
-            shutil.rmtree(output / CHECKPOINTS, ignore_errors=True)
     accelerator.wait_for_everyone()
-    return manifest if manifest is not None else read_json(output / "manifest.json")
 
 
 def model_card(config: SynthTrainConfig, data: dict, stats: dict) -> str:

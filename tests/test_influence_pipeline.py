@@ -17,11 +17,13 @@ from conftest import REPO_ROOT, sample_texts, write_jsonl
 from influence_helpers import assert_same_selection, make_config, read_selection
 
 from data.corpus import CorpusInput, read_corpus
+from data.errors import OutputError
 from data.shards import Shard
 from influence.config import InfluenceConfig
-from influence.featurize import run_featurize
-from influence.select import run_select, score_shard
-from influence.warmup import run_warmup
+from influence.featurize import FeaturizeStage, run_featurize
+from influence.select import SelectStage, run_select, score_shard
+from influence.store import CandidateChunks
+from influence.warmup import WarmupStage, run_warmup
 from pipeline.cli import main
 
 NAMES = ["Tom", "Ana", "Liu", "Sara", "Omar", "Mia", "Ben", "Zoe"]
@@ -155,6 +157,127 @@ def test_kill_during_featurize_then_rerun_gives_the_same_scores(tiny_model, warm
     assert summary["candidates"]["chunks_written"] == 13 - written
     run_select(InfluenceConfig.model_validate(config))
     assert_same_selection(tmp_path / "reference" / "selection", tmp_path / "killed" / "selection")
+
+
+def part_ids(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_every_folder_is_a_stage_output_whose_manifest_says_pending_partial_or_complete(tiny_model, warmed, tmp_path):
+    config = InfluenceConfig.model_validate(make_config(tiny_model, warmed, tmp_path))
+    warmup = json.loads((warmed / "warmup" / "manifest.json").read_text())
+    assert warmup["stage"] == "influence-warmup" and warmup["complete"]
+    assert (warmup["num_shards"], warmup["shards_done"]) == (1, [0])
+    assert part_ids(warmed / "warmup" / "part-00000-of-00001.jsonl") == ["epoch-1", "epoch-2"]
+    assert (warmed / "warmup" / "part-00000-of-00001.done").exists()
+    assert WarmupStage(config).summary(warmup).startswith("2 of 2 epochs")
+
+    # Featurize: chunk j belongs to shard j mod 2; after shard 1 alone the folder is partial.
+    candidates = tmp_path / "features" / "candidates"
+    run_featurize(config, Shard(1, 2))
+    partial = json.loads((candidates / "manifest.json").read_text())
+    assert partial["stage"] == "influence-featurize" and not partial["complete"]
+    assert (partial["num_shards"], partial["shards_done"]) == (2, [1])
+    assert part_ids(candidates / "part-00001-of-00002.jsonl") == [f"chunk-{j:06d}" for j in range(1, 13, 2)]
+    assert not (candidates / "part-00000-of-00002.jsonl").exists()
+    manifest = run_featurize(config, Shard(0, 2))
+    assert manifest["complete"] and manifest["shards_done"] == [0, 1]
+    assert manifest["counts"]["records"] == 13 and manifest["counts"]["examples"] == 200
+    assert FeaturizeStage(config).summary(manifest) == "13 chunks, 200 candidates featurized (2 of 2 shards done)"
+
+    selection = run_select(config)
+    assert selection["stage"] == "influence-select" and selection["complete"] and selection["shards_done"] == [0]
+    assert (tmp_path / "selection" / "part-00000-of-00001.done").exists()
+    assert SelectStage(config).summary(selection).startswith("20 of 200 candidates selected")
+
+
+def start_script(script: str, *args: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def wait_for(marker: Path, process: subprocess.Popen, seconds: float = 120) -> None:
+    """Until ``process`` writes ``marker``; fails with its error if it ends first."""
+    deadline = time.monotonic() + seconds
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), process.stderr.read().decode()[-2000:] if process.poll() is not None else "timed out"
+
+
+# Run in a subprocess: featurizes one chunk of shard 0/1, then stalls holding the shard, before
+# the chunk is listed in the part file.
+STALLING_FEATURIZE = """
+import sys, time
+from pathlib import Path
+import yaml
+from data.shards import Shard
+from influence.config import InfluenceConfig
+from influence.featurize import run_featurize
+from influence.store import CandidateChunks
+config = InfluenceConfig.model_validate(yaml.safe_load(Path(sys.argv[1]).read_text()))
+marker, real_write = Path(sys.argv[2]), CandidateChunks.write
+def write_then_stall(self, *args):
+    real_write(self, *args)
+    marker.write_text("stalled")
+    time.sleep(300)
+CandidateChunks.write = write_then_stall
+run_featurize(config, Shard(0, 1), side="candidates")
+"""
+
+
+def test_a_second_process_on_the_same_featurize_shard_is_refused(tiny_model, warmed, tmp_path):
+    config = make_config(tiny_model, warmed, tmp_path)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    marker = tmp_path / "stalled"
+    first = start_script(STALLING_FEATURIZE, path, marker)
+    try:
+        wait_for(marker, first)
+        with pytest.raises(OutputError, match="shard 0/1 is being run by another process"):
+            run_featurize(InfluenceConfig.model_validate(config), Shard(0, 1), side="candidates")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The chunk the first process wrote whole but did not list is listed, not computed again.
+    candidates = run_featurize(InfluenceConfig.model_validate(config), Shard(0, 1), side="candidates")["candidates"]
+    assert candidates["chunks_already_done"] == 1 and candidates["chunks_written"] == 12, candidates
+
+
+# Run in a subprocess: writes chunk 0, and waits in the middle of it for ``go``.
+SLOW_CHUNK_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from influence.store import CandidateChunks
+folder, writing, go = (Path(arg) for arg in sys.argv[1:4])
+real_save = np.save
+def waiting_save(handle, array):
+    writing.write_text("")
+    while not go.exists():
+        time.sleep(0.01)
+    real_save(handle, array)
+np.save = waiting_save
+CandidateChunks(folder).write(0, [{"id": "slow"}], {1: np.ones((1, 4), dtype=np.float32)})
+"""
+
+
+def test_two_processes_writing_the_same_chunk_do_not_touch_each_others_temporary_files(tmp_path):
+    import numpy as np
+
+    folder, writing, go = tmp_path / "candidates", tmp_path / "writing", tmp_path / "go"
+    folder.mkdir()
+    slow = start_script(SLOW_CHUNK_WRITER, folder, writing, go)
+    try:
+        wait_for(writing, slow)
+        chunks = CandidateChunks(folder)
+        chunks.write(0, [{"id": "fast"}], {1: np.zeros((1, 4), dtype=np.float32)})  # while the other is mid-write
+    finally:
+        go.write_text("")
+    _, stderr = slow.communicate(timeout=60)
+    assert slow.returncode == 0, stderr.decode()[-2000:]
+    assert [row["id"] for row in chunks.rows(0)] == ["fast"] and not chunks.features(0, 1).any()
+    assert not list(folder.glob(".chunk-*"))  # the second writer dropped its copy
 
 
 def test_features_of_another_space_are_refused(tiny_model, warmed, tmp_path, capsys):

@@ -94,13 +94,18 @@ def test_each_epoch_saves_lora_weights_named_adam_state_and_its_average_lr(tmp_p
     assert run_warmup(config)["warmup"] == facts
     assert [c.fingerprint() for c in list_checkpoints(tmp_path / "warmup")] == fingerprints
 
-    # Killed after the last checkpoint but before the manifest update: the rerun completes the
-    # manifest from the checkpoints (that epoch's loss is unknown) and trains nothing.
-    path = tmp_path / "warmup" / "manifest.json"
-    lagging = json.loads(path.read_text())
-    lagging["complete"] = False
+    # Killed after the last checkpoint but before its record: the folder as the kill leaves it
+    # (epoch 3's record, the seal and the manifest update missing). The rerun records epoch 3
+    # from its checkpoint (its loss is unknown) and trains nothing.
+    folder = tmp_path / "warmup"
+    part = folder / "part-00000-of-00001.jsonl"
+    part.write_text("".join(part.read_text().splitlines(keepends=True)[:2]))
+    for sealed in ("part-00000-of-00001.done", "part-00000-of-00001.stats.json"):
+        (folder / sealed).unlink()
+    lagging = json.loads((folder / "manifest.json").read_text())
+    lagging.update(complete=False, shards_done=[])
     lagging["warmup"].update(epochs_done=2, loss_per_epoch=losses[:2], average_lr_per_epoch=expected[:2])
-    path.write_text(json.dumps(lagging))
+    (folder / "manifest.json").write_text(json.dumps(lagging))
     repaired = run_warmup(config)
     assert repaired["complete"] and repaired["warmup"]["epochs_done"] == 3
     assert repaired["warmup"]["loss_per_epoch"] == [*losses[:2], None]

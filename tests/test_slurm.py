@@ -227,7 +227,7 @@ def test_featurize_array_then_select_job_gives_the_local_selection(slurm, tiny_m
     # Task i of the array was shard i/2: it featurized chunks i, i+2, i+4 of the 6.
     candidates = out / "features" / "candidates"
     for index in range(2):
-        summary = json.loads((candidates / f"shard-{index:05d}-of-00002.json").read_text())
+        summary = json.loads((candidates / f"part-{index:05d}-of-00002.stats.json").read_text())
         assert summary["chunks_written"] == 3 and summary["examples"] == 24, summary
     assert json.loads((candidates / "total.json").read_text()) == {"rows": 48, "chunks": 6}
     logs = tmp_path / "logs"

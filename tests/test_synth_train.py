@@ -29,7 +29,7 @@ from synth.packing import (
     read_sft_rows,
     tokenize_sft,
 )
-from synth.train import BATCH_LOG, STEP_DELAY_ENV, TRAIN_LOG, lr_factor, run_train
+from synth.train import BATCH_LOG, TRAIN_LOG, SynthTrainStage, lr_factor, run_train
 
 STAGE_PROMPT = ("Inspired by the math content below, create a grade school problem and solve it step by step.\n\n"
                 "Math content:\n{text}\n\n## Problem\n")
@@ -81,6 +81,10 @@ def assert_same_weights(a: Path, b: Path, atol: float) -> None:
         torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
 
 
+def without_timestamp(manifest: dict) -> dict:
+    return {key: value for key, value in manifest.items() if key != "updated_at"}
+
+
 def subprocess_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "MATHSYNTH_LOG_LEVEL": "WARNING"}
 
@@ -116,8 +120,11 @@ def test_loss_falls_and_the_result_is_a_normal_checkpoint_with_a_model_card(refe
     assert sha in card and str(sft / "sft_raw.jsonl") in card and "learning_rate: 0.01" in card
     assert manifest["complete"] and manifest["stats"]["examples"] == 40
     assert not (out / ".final-tmp").exists()
-    again = run_train(config)  # a finished run is a no-op
-    assert again == manifest
+    saved_at = (out / "model.safetensors").stat().st_mtime_ns
+    again = run_train(config)  # a finished run is a no-op (the runner only stamps the manifest's updated_at)
+    assert without_timestamp(again) == without_timestamp(manifest)
+    assert (out / "model.safetensors").stat().st_mtime_ns == saved_at
+    assert SynthTrainStage(config).summary(manifest).startswith(f"{stats['steps']} steps on 40 examples")
 
 
 def test_only_target_tokens_are_scored_raw_and_chat(tiny_model, sft):
@@ -228,13 +235,32 @@ def test_accelerate_launch_two_processes_trains_the_same_run(reference, tmp_path
     assert_same_weights(tmp_path / "two", Path(config.output), atol=1e-4)
 
 
+# Run in a subprocess: ``python -m synth train`` whose optimizer stalls at its 6th step, so a kill
+# lands after the step-4 checkpoint and step 5, however fast the machine is.
+STALLING_TRAIN = """
+import sys, time
+import torch
+from runner.cli import main_for
+from synth import cli
+real_step, calls = torch.optim.AdamW.step, []
+def stalling_step(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 6:
+        time.sleep(300)
+    return real_step(self, *args, **kwargs)
+torch.optim.AdamW.step = stalling_step
+sys.exit(main_for("synth", cli, ["train", "--config", sys.argv[1]]))
+"""
+
+
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(reference, tmp_path):
     config, manifest = reference
     run = config.model_copy(update={"output": str(tmp_path / "run")})
-    command = [sys.executable, "-m", "synth", "train", "--config", str(write_config(run, tmp_path / "run.yaml"))]
+    config_file = write_config(run, tmp_path / "run.yaml")
+    command = [sys.executable, "-m", "synth", "train", "--config", str(config_file)]
     out = Path(run.output)
-    process = subprocess.Popen(command, env={**subprocess_env(), STEP_DELAY_ENV: "0.25"}, cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-c", STALLING_TRAIN, str(config_file)], env=subprocess_env(),
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     # kill once step 4 is checkpointed and step 5 has been trained past it (and is lost)
     while time.monotonic() < deadline and process.poll() is None:
@@ -245,7 +271,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(reference, 
     assert process.poll() is None, process.stderr.read().decode()[-2000:]
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (out / "manifest.json").exists()
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
     killed_at = len((out / BATCH_LOG).read_text().splitlines())
     last_checkpoint = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
     assert not list((out / "checkpoints").glob(".tmp-*")) or last_checkpoint >= 4  # a torn one is ignored
@@ -285,6 +311,14 @@ def test_schedules_and_config_errors(tiny_model, sft, tmp_path):
         check_train_config(make_config(tiny_model, tmp_path / "nothing", tmp_path / "x"))
     with pytest.raises(Exception, match="less than one global batch"):
         run_train(make_config(tiny_model, sft, tmp_path / "y", data={"path": str(sft), "limit": 3}))
+
+
+def test_a_malformed_sft_row_is_refused_before_anything_is_written(tiny_model, tmp_path):
+    bad = write_jsonl(tmp_path / "sft.jsonl", [{"id": "a", "prompt": "p", "completion": "c"}, {"id": "b", "prompt": "p"}])
+    with pytest.raises(UserError) as failure:
+        run_train(make_config(tiny_model, bad, tmp_path / "out"))
+    assert str(failure.value).startswith(f"{bad}:2: ") and "\n" not in str(failure.value)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
