@@ -1,5 +1,5 @@
-"""Executions per second of the code sandbox for short snippets, against a plain
-subprocess-per-snippet baseline.
+"""Executions per second of the code sandbox for short snippets, with every protection on, and
+what each protection costs, against a plain subprocess-per-snippet baseline.
 
     python bench/sandbox.py [--snippets 500] [--workers 2] [--sympy-snippets 40] [--repeat 3]
 
@@ -8,15 +8,20 @@ Variants, each on the same snippets (small arithmetic: sums, fractions, factoria
 the neighbours):
 
 * ``subprocess_seq``: one ``subprocess.run([python, "-c", code])`` per snippet, one at a time;
-  no isolation, no limits;
+  no isolation, no limits (the baseline);
 * ``subprocess_2threads``: the same from a pool of 2 threads;
-* ``sandbox``: ``Sandbox(workers=N).run_many`` (startup excluded, reported on its own), with
-  whatever isolation ``auto`` finds here (printed);
-* ``sandbox_seq``: the same sandbox, one ``run`` at a time (the latency of one execution).
+* ``sandbox_full``: ``Sandbox(workers=N).run_many`` (startup excluded, reported on its own) with
+  every protection this machine allows (printed);
+* ``sandbox_without_X``: the same with protection X left off, one at a time (``pid`` takes
+  ``proc`` along: a private /proc needs the pid namespace); ``cost_ms`` is what X adds to one
+  execution's share of the pool's time, ``1/full - 1/without``;
+* ``sandbox_without_all``: every per-execution protection off (the launcher's namespaces, the uid
+  and the rlimits remain): what the per-execution isolation costs in all;
+* ``sandbox_full_seq``: the full sandbox, one ``run`` at a time (the latency of one execution).
 
-Then the same for ``--sympy-snippets`` snippets that import sympy (the workers have it preloaded;
-a fresh interpreter pays the import every time). Every variant's outputs are checked against
-the baseline's. Target: ``sandbox`` >= 100 executions/s on 2 cores.
+Then ``--sympy-snippets`` snippets that import sympy (the workers have it preloaded; a fresh
+interpreter pays the import every time). Every variant's outputs are checked against the
+baseline's. Target: ``sandbox_full`` >= 200 executions/s on 2 workers.
 """
 from __future__ import annotations
 
@@ -31,7 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.sandbox import Sandbox  # noqa: E402
+from sandbox import Sandbox  # noqa: E402
+
+LEFT_OFF = {"pid": ["pid", "proc"], "proc": ["proc"], "tmp": ["tmp", "proc"], "ipc": ["ipc"], "seccomp": ["seccomp"],
+            "memcg": ["memcg"], "all": ["pid", "proc", "tmp", "ipc", "seccomp", "memcg"]}
 
 
 def arithmetic_snippets(n: int) -> list[str]:
@@ -64,34 +72,30 @@ def subprocess_threads(codes: list[str], threads: int = 2) -> list[str]:
         return list(pool.map(subprocess_one, codes))
 
 
-def timed(fn: Callable[[list[str]], list[str]], codes: list[str]) -> tuple[float, list[str]]:
-    started = time.perf_counter()
-    outputs = fn(codes)
-    return len(codes) / (time.perf_counter() - started), outputs
-
-
-def bench(label: str, codes: list[str], box: Sandbox, repeat: int, include_seq_baseline: bool) -> None:
-    def sandbox_many(batch: list[str]) -> list[str]:
+def in_sandbox(box: Sandbox) -> Callable[[list[str]], list[str]]:
+    def run(batch: list[str]) -> list[str]:
         results = box.run_many(batch)
         bad = [r for r in results if r.status != "ok"]
         if bad:
             raise SystemExit(f"sandbox run failed: {bad[0]}")
         return [r.stdout for r in results]
 
-    def sandbox_seq(batch: list[str]) -> list[str]:
-        return [box.run(code).stdout for code in batch]
+    return run
 
-    variants: dict[str, Callable[[list[str]], list[str]]] = {}
-    if include_seq_baseline:
-        variants["subprocess_seq"] = subprocess_seq
-    variants["subprocess_2threads"] = subprocess_threads
-    variants["sandbox"] = sandbox_many
-    variants["sandbox_seq"] = sandbox_seq
+
+def one_at_a_time(box: Sandbox) -> Callable[[list[str]], list[str]]:
+    return lambda batch: [box.run(code).stdout for code in batch]
+
+
+def best_rates(label: str, codes: list[str], variants: dict[str, Callable[[list[str]], list[str]]],
+               repeat: int) -> dict[str, float]:
     best: dict[str, float] = {}
     expected: list[str] | None = None
     for _ in range(repeat):
         for name, fn in variants.items():
-            rate, outputs = timed(fn, codes)
+            started = time.perf_counter()
+            outputs = fn(codes)
+            rate = len(codes) / (time.perf_counter() - started)
             if expected is None:
                 expected = outputs
             elif outputs != expected:
@@ -99,10 +103,18 @@ def bench(label: str, codes: list[str], box: Sandbox, repeat: int, include_seq_b
                 raise SystemExit(f"{label}[{name}] output differs at snippet {diff}: {outputs[diff]!r} vs "
                                  f"{expected[diff]!r}")
             best[name] = max(best.get(name, 0.0), rate)
+    return best
+
+
+def report(label: str, codes: list[str], best: dict[str, float]) -> None:
+    bases = [base for base in ("subprocess_seq", "subprocess_2threads") if base in best]
+    full = best.get("sandbox_full")
     for name, rate in best.items():
-        bases = [base for base in ("subprocess_seq", "subprocess_2threads") if base in best]
         ratios = " ".join(f"ratio_to_{base}={rate / best[base]:.2f}" for base in bases)
-        print(f"{label}[{name}] snippets={len(codes)} execs/s={rate:.1f} {ratios}", flush=True)
+        cost = ""
+        if full and name.startswith("sandbox_without_"):
+            cost = f" cost_ms={1e3 * (1 / full - 1 / rate):.2f} full_vs_this={full / rate:.2f}"
+        print(f"{label}[{name}] snippets={len(codes)} execs/s={rate:.1f} {ratios}{cost}", flush=True)
 
 
 def main() -> None:
@@ -114,13 +126,28 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, euid {os.geteuid()}", flush=True)
     started = time.perf_counter()
-    with Sandbox(workers=args.workers) as box:
-        print(f"sandbox: isolation={box.isolation} workers={args.workers} "
-              f"startup_s={time.perf_counter() - started:.2f}", flush=True)
-        box.run_many(arithmetic_snippets(2 * args.workers))  # warm
-        bench("arithmetic", arithmetic_snippets(args.snippets), box, args.repeat, include_seq_baseline=True)
+    full = Sandbox(workers=args.workers)
+    print(f"sandbox: isolation={full.isolation} workers={args.workers} startup_s={time.perf_counter() - started:.2f}",
+          flush=True)
+    boxes = {"sandbox_full": full}
+    for name, left_off in LEFT_OFF.items():
+        if name == "all" or name in full.protections:  # (what is not in force here costs nothing)
+            boxes[f"sandbox_without_{name}"] = Sandbox(workers=args.workers, without=left_off)
+    try:
+        for box in boxes.values():
+            box.run_many(arithmetic_snippets(2 * args.workers))  # warm
+        variants = {"subprocess_seq": subprocess_seq, "subprocess_2threads": subprocess_threads}
+        variants.update({name: in_sandbox(box) for name, box in boxes.items()})
+        variants["sandbox_full_seq"] = one_at_a_time(full)
+        codes = arithmetic_snippets(args.snippets)
+        report("arithmetic", codes, best_rates("arithmetic", codes, variants, args.repeat))
         if args.sympy_snippets:
-            bench("sympy", sympy_snippets(args.sympy_snippets), box, 1, include_seq_baseline=False)
+            codes = sympy_snippets(args.sympy_snippets)
+            sympy_variants = {"subprocess_2threads": subprocess_threads, "sandbox_full": in_sandbox(full)}
+            report("sympy", codes, best_rates("sympy", codes, sympy_variants, 1))
+    finally:
+        for box in boxes.values():
+            box.close()
 
 
 if __name__ == "__main__":

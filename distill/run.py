@@ -75,7 +75,7 @@ class DistillConfig(PromptKeys):
     format: Literal["chat", "raw"] = "chat"
     sampling: TeacherSampling = Field(default_factory=TeacherSampling)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="sandbox.SandboxConfig keys")
     self_consistency: SelfConsistency = Field(default_factory=SelfConsistency)
     pricing: Pricing = Field(default_factory=Pricing)
     estimate: Estimate = Field(default_factory=Estimate)
@@ -126,7 +126,7 @@ class DistillStage(CorpusStage):
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
         from distill.validation import CandidateOutput, Validator
-        from eval.sandbox import Sandbox, SandboxConfig
+        from sandbox import Sandbox, SandboxConfig
 
         config = self.config
         accepted, rejected = work.writer, work.side("rejects")

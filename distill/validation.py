@@ -53,7 +53,7 @@ from data.stage_prompts.parsing import (
 )
 from data.text import count_words, find_boxes
 from eval.grading import Grader
-from eval.program_answers import CodeRunner, check_programs
+from sandbox.program_answers import CodeRunner, check_programs
 
 
 class ValidationConfig(StrictConfig):

@@ -49,7 +49,7 @@ class EvalConfig(StrictConfig):
     engine: EngineConfig
     sampling: EvalSampling = Field(default_factory=EvalSampling)
     max_rounds: int = Field(4, ge=1, description="code executions per problem in the tool setting")
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="sandbox.SandboxConfig keys")
     grading_timeout_s: float = Field(5.0, gt=0)
     output: str = Field(..., min_length=1)
 
@@ -203,7 +203,7 @@ def run_nl(items, engine: Engine, writer: ShardWriter, grading: Grading, advance
 def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading, config: EvalConfig, advance) -> dict[str, Any]:
     """tool: execute-and-continue up to max_rounds; pot: one program, its printed result is the answer."""
     from data.text import last_code_block
-    from eval.sandbox import Sandbox, SandboxConfig
+    from sandbox import Sandbox, SandboxConfig
     from eval.tool_loop import Trajectory, execution_record, solve_with_tools
 
     records: dict[str, tuple[BenchmarkRecord, WorkItem, int]] = {}

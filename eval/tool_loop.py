@@ -7,17 +7,14 @@ and the sandbox runs a wave's snippets concurrently, instead of one problem at a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator
 
 from data.text import CODE_BLOCK
 from llm.engine import Engine
 from llm.types import GenerationRequest, SamplingParams, Usage
+from sandbox import CodeRunner
 
 OUTPUT_MARKER = "```output"
-
-
-class CodeRunner(Protocol):
-    def run_many(self, codes: list[str]) -> list[Any]: ...
 
 
 @dataclass

@@ -17,7 +17,7 @@ contaminated or malformed):
                      with ``embedding.enabled``, also a problem whose embedding has cosine >=
                      ``embedding.threshold`` with a benchmark question (:mod:`synth.embedding_match`).
 ``code_check``       ``code_failed`` / ``code_answer_mismatch``: the tool solution's program is run
-                     in the sandbox and must print its boxed answer (:mod:`eval.program_answers`).
+                     in the sandbox and must print its boxed answer (:mod:`sandbox.program_answers`).
 ``consistency``      ``inconsistent``: samples of one text window that pose the same problem
                      (word 5-gram Jaccard >= ``same_problem_jaccard``) must agree on its answer
                      (eval's grader); a sample outside a strict majority of its group is dropped,
@@ -75,7 +75,7 @@ class DecontaminationFilter(StrictConfig):
 
 class CodeCheckFilter(StrictConfig):
     enabled: bool = True
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="eval.sandbox.SandboxConfig keys")
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="sandbox.SandboxConfig keys")
 
 
 class ConsistencyFilter(StrictConfig):
@@ -152,7 +152,7 @@ class RecordFilters:
     @property
     def sandbox(self):
         if self._sandbox is None:
-            from eval.sandbox import Sandbox, SandboxConfig
+            from sandbox import Sandbox, SandboxConfig
 
             self._sandbox = Sandbox(SandboxConfig(**self.code_check.sandbox))
         return self._sandbox
@@ -211,7 +211,7 @@ class RecordFilters:
                                                             "record_id": match.record_id, "cosine": round(match.cosine, 4)}
 
     def _run_programs(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
-        from eval.program_answers import check_programs
+        from sandbox.program_answers import check_programs
 
         todo = [i for i, o in enumerate(outcomes)
                 if o.reason is None and records[i].get("variant") == "tool" and records[i].get("code")]

@@ -13,7 +13,7 @@ from distill.validation import (
     ValidationConfig,
     Validator,
 )
-from eval.sandbox import Sandbox, SandboxConfig
+from sandbox import Sandbox, SandboxConfig
 
 SOURCE = (
     "A linear equation in one variable can be solved by isolating the variable. For example, "

@@ -1,5 +1,5 @@
-"""The code sandbox against hostile snippets: each is contained with the right status, and this
-test process (and the machine) survives all of it."""
+"""The code sandbox against hostile snippets: each is contained with the right status, this test
+process (and the machine) survives all of it, and nothing an execution does reaches the next one."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import eval.sandbox as sandbox_module
-from eval.sandbox import Sandbox, SandboxConfig, SandboxError
+import sandbox.pool as pool_module
+import sandbox.seccomp as seccomp_module
+from data.errors import UserError
+from sandbox import (
+    PROTECTIONS,
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    SandboxUnavailable,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_SLACK_S = 3.0  # scheduling on a busy 2-core machine
@@ -282,7 +290,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_dead_or_wedged_worker_is_replaced_and_never_hangs(monkeypatch):
-    monkeypatch.setattr(sandbox_module, "_GRACE_S", 1.0)
+    monkeypatch.setattr(pool_module, "GRACE_S", 1.0)
     with start_sandbox(workers=1, wall_timeout_s=5) as box:
         worker = box._workers[0]
         worker.process.kill()  # a crashed zygote
@@ -343,3 +351,198 @@ def test_an_interpreter_under_tmp_is_not_hidden_by_the_private_tmp(tmp_path):
     with Sandbox(SandboxConfig(isolation="bwrap", python=str(venv / "bin" / "python"), workers=1)) as sandbox:
         result = sandbox.run("print(6 * 7)")
     assert result.status == "ok" and result.isolation.startswith("bwrap"), result
+
+
+# -- each execution starts clean and leaves nothing alive ---------------------------------------
+# Holes found by hostile testing of the per-worker design; each test failed there.
+
+@pytest.fixture(scope="module")
+def one_worker():
+    """One worker, so that consecutive executions are sure to share it; a small /tmp to fill."""
+    with start_sandbox(workers=1, wall_timeout_s=5, memory_mb=256, tmp_mb=16) as box:
+        yield box
+
+
+def require_any(box: Sandbox, *protections: str) -> None:
+    """Skip where none of the protections that close this hole is in force (the result says so)."""
+    if not set(protections) & set(box.protections):
+        pytest.skip(f"none of {protections} is in force here ({box.isolation})")
+
+
+def held_mib(result) -> int:
+    return int(result.stdout.split("held")[-1])
+
+
+# A dozen daemons, each killing everything its uid may kill, in a loop: a cleanup pass running as
+# that uid after the run was itself killed before it could kill them.
+KILLER_DAEMONS = """
+import os, signal, time
+for _ in range(12):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            while True:
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except OSError:
+                    pass
+        os._exit(0)
+time.sleep(0.3)
+"""
+
+
+def test_daemons_die_with_their_execution(one_worker):
+    require_any(one_worker, "pid")
+    for _ in range(3):
+        one_worker.run(KILLER_DAEMONS)
+        later = [one_worker.run("import time\ntime.sleep(0.05)\nprint('alive')") for _ in range(3)]
+        assert [r.stdout for r in later] == ["alive\n"] * 3, later
+    if "uid" in one_worker.protections:
+        assert sandbox_uid_processes(one_worker.config) == []
+
+
+SYSV_SEGMENT = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(0x5A5A, 4096, {flags})
+if segment < 0:
+    print('no segment')
+else:
+    address = libc.shmat(segment, None, 0)
+    {then}
+"""
+
+
+def test_sysv_shared_memory_does_not_reach_the_next_execution(one_worker):
+    require_any(one_worker, "ipc", "seccomp")
+    one_worker.run(SYSV_SEGMENT.format(flags=0o1600, then="ctypes.memmove(address, b'leaked', 6)"))
+    second = one_worker.run(SYSV_SEGMENT.format(flags=0, then="print(ctypes.string_at(address, 6))"))
+    assert second.status == "ok" and "leaked" not in second.stdout, second
+
+
+def test_files_under_a_locked_folder_in_tmp_do_not_reach_the_next_execution(one_worker):
+    require_any(one_worker, "tmp")
+    one_worker.run("import os\nos.makedirs('/tmp/locked/inner')\nopen('/tmp/locked/inner/note', 'w').write('leaked')\n"
+                   "os.chmod('/tmp/locked', 0)")
+    second = one_worker.run("import os\ntry:\n    os.chmod('/tmp/locked', 0o700)\n"
+                            "    print(open('/tmp/locked/inner/note').read())\nexcept OSError:\n    print('clean')")
+    assert second.stdout == "clean\n", second
+
+
+def test_a_full_tmp_does_not_reach_the_next_execution(one_worker):
+    require_any(one_worker, "tmp")
+    size = one_worker.config.tmp_mb << 20
+    one_worker.run("import os\nos.mkdir('/tmp/full')\nfd = os.open('/tmp/full/blob', os.O_WRONLY | os.O_CREAT)\n"
+                   f"try:\n    os.posix_fallocate(fd, 0, {size})\nexcept OSError:\n    pass\nos.chmod('/tmp/full', 0)")
+    second = one_worker.run("import os\nfd = os.open('/tmp/probe', os.O_WRONLY | os.O_CREAT)\n"
+                            "os.posix_fallocate(fd, 0, 1 << 20)\nprint('wrote')")
+    assert second.stdout == "wrote\n", second
+
+
+MEMFD_HOARD = """
+import os
+total = 0
+try:
+    while total < 768 << 20:
+        fd = os.memfd_create('hoard')
+        os.posix_fallocate(fd, 0, 32 << 20)
+        total += 32 << 20
+except OSError as error:
+    print('refused:', error)
+print('held', total >> 20)
+"""
+
+
+def test_memfd_memory_is_not_beyond_the_limit(one_worker):
+    require_any(one_worker, "seccomp", "memcg")
+    result = one_worker.run(MEMFD_HOARD)
+    assert result.status != "ok" or held_mib(result) <= one_worker.config.memory_mb, result
+
+
+# A user namespace of its own gives the snippet CAP_SYS_ADMIN there: enough to mount a tmpfs,
+# whose pages no rlimit counts.
+TMPFS_IN_OWN_USER_NAMESPACE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+uid, gid = os.getuid(), os.getgid()
+if libc.unshare(0x10000000 | 0x20000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS
+    raise SystemExit(f'unshare refused: {os.strerror(ctypes.get_errno())}')
+open('/proc/self/setgroups', 'w').write('deny')
+open('/proc/self/uid_map', 'w').write(f'0 {uid} 1')
+open('/proc/self/gid_map', 'w').write(f'0 {gid} 1')
+os.mkdir('mnt')
+if libc.mount(b'tmpfs', b'mnt', b'tmpfs', 0, b'size=2g') != 0:
+    raise SystemExit(f'mount refused: {os.strerror(ctypes.get_errno())}')
+total = 0
+while total < 768 << 20:
+    fd = os.open(f'mnt/{total}', os.O_WRONLY | os.O_CREAT)
+    os.posix_fallocate(fd, 0, 32 << 20)
+    total += 32 << 20
+print('held', total >> 20)
+"""
+
+
+def test_no_tmpfs_in_a_user_namespace_of_its_own(one_worker):
+    require_any(one_worker, "seccomp", "memcg")
+    result = one_worker.run(TMPFS_IN_OWN_USER_NAMESPACE)
+    assert result.status != "ok" or held_mib(result) <= one_worker.config.memory_mb, result
+
+
+def test_memory_of_all_its_processes_counts(sandbox):
+    """RLIMIT_AS is per process; the memory cgroup counts the execution's processes together."""
+    require_any(sandbox, "memcg")
+    limit = sandbox.config.memory_mb
+    code = (f"import subprocess, sys\nblock = b'x' * ({limit * 6 // 10} << 20)\n"
+            f"subprocess.run([sys.executable, '-c', \"b = b'y' * ({limit // 2} << 20)\"])\nprint('held both')")
+    result = sandbox.run(code)
+    assert result.status == "memory", result
+    assert sandbox.run("print('next')").stdout == "next\n"
+
+
+def test_no_socket_but_unix_ones(one_worker):
+    """AF_VSOCK reaches the host (a VM's hypervisor) whatever the network namespace."""
+    require_any(one_worker, "seccomp")
+    code = ("import socket\nfor family in ('AF_VSOCK', 'AF_INET', 'AF_INET6', 'AF_NETLINK', 'AF_PACKET'):\n"
+            "    try:\n        socket.socket(getattr(socket, family), socket.SOCK_DGRAM).close()\n"
+            "        print(family, 'created')\n    except OSError:\n        print(family, 'refused')\n"
+            "a, b = socket.socketpair()\na.sendall(b'unix ok')\nprint(b.recv(16).decode())")
+    result = one_worker.run(code)
+    assert result.status == "ok", result
+    assert "created" not in result.stdout and result.stdout.count("refused") == 5, result.stdout
+    assert result.stdout.endswith("unix ok\n")
+
+
+def test_results_say_which_protections_were_in_force(one_worker):
+    result = one_worker.run("print(1)")
+    assert result.protections == one_worker.protections
+    assert set(result.protections) <= set(PROTECTIONS)
+    assert result.isolation == f"{result.isolation.split('(')[0]}({','.join(result.protections)})"
+    with start_sandbox(workers=1, without=["seccomp", "ipc"]) as box:
+        assert not {"seccomp", "ipc"} & set(box.run("print(1)").protections)
+
+
+def test_what_is_not_in_force_is_logged(monkeypatch, caplog):
+    def no_libseccomp():
+        raise OSError("libseccomp is not installed (test)")
+
+    monkeypatch.setattr(pool_module, "compile_filter", no_libseccomp)
+    with caplog.at_level("WARNING", logger="sandbox.pool"), start_sandbox(workers=1) as box:
+        assert "seccomp" not in box.run("print(1)").protections
+    assert any("seccomp (libseccomp is not installed (test))" in record.getMessage() for record in caplog.records)
+
+
+def test_an_unavailable_isolation_is_a_one_line_user_error(monkeypatch):
+    monkeypatch.setattr("sandbox.launcher.shutil.which", lambda name: None)
+    with pytest.raises(SandboxUnavailable) as raised:
+        Sandbox(isolation="bwrap", workers=1)
+    assert isinstance(raised.value, UserError) and "\n" not in str(raised.value)
+    assert "isolation" in str(raised.value) and "bwrap" in str(raised.value)
+
+
+def test_the_seccomp_filter_compiles_where_libseccomp_exists():
+    try:
+        program = seccomp_module.compile_filter()
+    except OSError as error:
+        pytest.skip(f"no libseccomp here: {error}")
+    assert len(program) % 8 == 0 and len(program) // 8 > 20  # classic BPF, one rule per refused call at least

@@ -2,20 +2,23 @@
 problems honest, shared by distill (teacher outputs) and synth filter (synthesizer outputs).
 
 The program's last non-blank printed line is its answer; it is graded against the boxed answer
-by :class:`eval.grading.Grader` (answer type "expression"; Python's ``**`` is read as ``^``).
-A program that fails (error, timeout, killed) is ``code_failed``; one that prints nothing, or a
-different value, is ``code_answer_mismatch``.
+by the grader the caller passes in (the project's is ``eval.grading.Grader``: this package imports
+no stage), with answer type "expression" and Python's ``**`` read as ``^``. A program that fails
+(error, timeout, killed) is ``code_failed``; one that prints nothing, or a different value, is
+``code_answer_mismatch``.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
-from eval.grading import Grader
+from sandbox.results import CodeRunner
 
 
-class CodeRunner(Protocol):
-    def run_many(self, codes: list[str]) -> list[Any]: ...
+class AnswerGrader(Protocol):
+    def grade_many(self, pairs: list[tuple[str, str, str]]) -> list[Any]:
+        """(gold, predicted, answer type) per pair -> objects with ``equal`` and ``reason``."""
 
 
 @dataclass
@@ -38,7 +41,7 @@ class ProgramCheck:
         return found
 
 
-def check_programs(codes: Sequence[str], boxed_answers: Sequence[str], sandbox: CodeRunner, grader: Grader,
+def check_programs(codes: Sequence[str], boxed_answers: Sequence[str], sandbox: CodeRunner, grader: AnswerGrader,
                    tail_chars: int = 500) -> list[ProgramCheck]:
     """One sandbox ``run_many`` and one ``grade_many`` call for the whole batch."""
     checks: list[ProgramCheck] = []
