@@ -315,6 +315,7 @@ class StageOutput:
         """Fold every sealed shard's stats into the manifest (sums of numeric leaves)."""
         with self._locked():
             manifest = self._read_manifest() or self._new_manifest([])
+            before = json.loads(json.dumps(manifest))
             done = []
             totals: dict[str, Any] = {}
             timings: dict[str, float] = {}
@@ -337,7 +338,8 @@ class StageOutput:
             manifest["timings"] = {"shard_seconds": timings, "total_shard_seconds": sum(timings.values())}
             if warnings:
                 manifest["warnings"] = warnings
-            self._write_manifest(manifest)
+            if manifest != before:  # a no-op rerun leaves the file (and its updated_at) alone
+                self._write_manifest(manifest)
             return manifest
 
     def record_shard_stats(self, shard: Shard, stats: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from runner.cli import add_run_args, load_run_config, shard_of
+from runner.cli import add_run_args, load_run_config, outcome_line, shard_of
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +22,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_run_config(InfluenceConfig, args)
     if args.verb == "warmup":
-        from influence.warmup import run_warmup
+        from influence.warmup import WarmupStage, run_warmup
 
-        manifest = run_warmup(config)
-        print(f"{config.warmup.output}: {json.dumps(manifest.get('warmup', {}))}")
+        stage = WarmupStage(config)
+        print(outcome_line(stage.output, stage.summary(manifest := run_warmup(config)), manifest))
         return 0
     shard = shard_of(args)
     if args.verb == "featurize":
@@ -33,12 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
         print(json.dumps(run_featurize(config, shard, args.side), indent=2))
         return 0
-    from influence.select import run_select, score_shard
+    from influence.select import SelectStage, run_select, score_shard
 
     if shard.count > 1:
         print(json.dumps(score_shard(config, shard), indent=2))
         return 0
-    manifest = run_select(config)
-    print(f"{config.select.output}: {json.dumps(manifest.get('selection', {}))} (report: "
-          f"{config.select.output}/report.md)")
+    stage = SelectStage(config)
+    print(outcome_line(stage.output, stage.summary(manifest := run_select(config)), manifest))
     return 0

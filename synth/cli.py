@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 
 from runner.cli import add_run_args, load_run_config, report, shard_of
 
@@ -34,10 +32,11 @@ def run(args: argparse.Namespace) -> int:
         report(stage, run_stage(stage, shard_of(args)))
         return 0
     from synth.config import SynthTrainConfig
-    from synth.train import run_train
+    from synth.train import SynthTrainStage, run_train
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per saved file otherwise
-    manifest = run_train(load_run_config(SynthTrainConfig, args))
-    if os.environ.get("RANK", "0") == "0":  # one summary line, not one per process
-        print(json.dumps({"output": manifest["config"]["output"], **manifest["stats"]}))
+    stage = SynthTrainStage(load_run_config(SynthTrainConfig, args))
+    manifest = run_train(stage.config)
+    if manifest:  # empty on the processes other than 0: one summary line, not one per process
+        report(stage, manifest)
     return 0
