@@ -39,7 +39,7 @@ from typing import Any
 from sandbox import confine, protocol, zygote
 from sandbox.cgroups import MemoryCgroup, make_worker_cgroups, remove_cgroups
 from sandbox.config import PROTECTIONS, SandboxConfig, Status
-from sandbox.launcher import interpreter_dirs, plan_launch
+from sandbox.launcher import LaunchPlan, interpreter_dirs, plan_launch
 from sandbox.results import ExecutionResult, SandboxError
 from sandbox.seccomp import compile_filter
 
@@ -54,9 +54,10 @@ _reported: set[str] = set()  # what was logged as not in force, once per process
 class _Worker:
     """One zygote and the pipes to it; used by one thread at a time (the pool's queue sees to it)."""
 
-    def __init__(self, index: int, command: list[str], code: bytes, env: dict[str, str], log_path: str,
-                 require_uid: bool, cgroup: MemoryCgroup | None, cgroup_fd: int | None):
+    def __init__(self, index: int, plan: LaunchPlan, command: list[str], code: bytes, env: dict[str, str],
+                 log_path: str, require_uid: bool, cgroup: MemoryCgroup | None, cgroup_fd: int | None):
         self.index = index
+        self.plan = plan
         self.command = command
         self.code = code
         self.env = env
@@ -65,7 +66,8 @@ class _Worker:
         self.cgroup = cgroup
         self.cgroup_fd = cgroup_fd
         self.process: subprocess.Popen | None = None
-        self.protections: list[str] = []
+        self.protections: tuple[str, ...] = ()  # in force: the launcher's and what the zygote's probe found
+        self.isolation = plan.kind  # the launcher and the protections, e.g. "bwrap(net,fs-ro,uid,...)"
         self.refused: dict[str, str] = {}
         self.oom_kills = 0
 
@@ -86,7 +88,9 @@ class _Worker:
         if not message or not message.get("ready"):
             self.kill()
             raise SandboxError(f"sandbox worker {self.index} did not start: {self.log_tail()}")
-        self.protections = [str(name) for name in message.get("protections", [])]
+        present = set(self.plan.protections) | {str(name) for name in message.get("protections", [])}
+        self.protections = tuple(name for name in PROTECTIONS if name in present)
+        self.isolation = f"{self.plan.kind}({','.join(self.protections)})" if self.protections else self.plan.kind
         self.refused = {str(k): str(v) for k, v in dict(message.get("refused", {})).items()}
         if self.require_uid and "uid" not in self.protections:  # root must never run a snippet as root
             self.kill()
@@ -239,7 +243,7 @@ class Sandbox:
             }
             command = plan.prefix + [python, "-I", "-c", protocol.BOOTSTRAP]
             log_path = os.path.join(self._host_dirs[0], f"worker-{index}.log")
-            self._workers.append(_Worker(index, command, protocol.bundle(sources, settings), env, log_path,
+            self._workers.append(_Worker(index, plan, command, protocol.bundle(sources, settings), env, log_path,
                                          require_uid=as_root, cgroup=cgroups[index], cgroup_fd=cgroup_fd))
         self._idle: queue.Queue[_Worker] = queue.Queue()
         try:
@@ -259,21 +263,13 @@ class Sandbox:
         _log_not_in_force(plan.kind, not_in_force)
 
     # -- what is in force ------------------------------------------------------------------
-    def _protections_of(self, worker: _Worker) -> tuple[str, ...]:
-        present = set(self._plan.protections) | set(worker.protections)
-        return tuple(name for name in PROTECTIONS if name in present)
-
-    def _isolation_of(self, worker: _Worker) -> str:
-        protections = self._protections_of(worker)
-        return f"{self._plan.kind}({','.join(protections)})" if protections else self._plan.kind
-
     @property
     def isolation(self) -> str:
-        return self._isolation_of(self._workers[0])
+        return self._workers[0].isolation
 
     @property
     def protections(self) -> tuple[str, ...]:
-        return self._protections_of(self._workers[0])
+        return self._workers[0].protections
 
     @property
     def network_isolated(self) -> bool:
@@ -306,8 +302,7 @@ class Sandbox:
                 continue
 
     def _failed(self, worker: _Worker, message: str, status: Status, wall: float) -> ExecutionResult:
-        return ExecutionResult("", message, status, None, wall, False, self._isolation_of(worker),
-                               self._protections_of(worker))
+        return ExecutionResult("", message, status, None, wall, False, worker.isolation, worker.protections)
 
     def _run_on(self, worker: _Worker, code: str, stdin: str | None, timeout: float) -> ExecutionResult:
         started = time.monotonic()
@@ -331,7 +326,7 @@ class Sandbox:
             result = ExecutionResult(
                 stdout=str(reply["stdout"]), stderr=str(reply["stderr"]), status=_valid_status(reply["status"]),
                 exit_code=int(reply["exit_code"]), wall_s=float(reply["wall_s"]), truncated=bool(reply["truncated"]),
-                isolation=self._isolation_of(worker), protections=self._protections_of(worker))
+                isolation=worker.isolation, protections=worker.protections)
         except (KeyError, TypeError, ValueError):
             worker.kill()
             failure = self._restart(worker)
