@@ -189,62 +189,16 @@ class Sandbox:
         self._closed = False
         self._lifecycle = threading.Lock()  # no worker is (re)started once close() has begun
         not_in_force = {name: f"isolation {plan.kind}" for name in ("net", "fs-ro") if name not in plan.protections}
-        wanted = [name for name in PER_EXECUTION if name not in config.without]
-        seccomp_program = ""
-        if "seccomp" in wanted:
-            try:
-                seccomp_program = compile_filter().hex()
-            except OSError as error:
-                not_in_force["seccomp"] = str(error)
-                wanted.remove("seccomp")
-        cgroups: list[MemoryCgroup | None] = [None] * config.workers
-        if "memcg" in wanted:
-            try:
-                cgroups = list(make_worker_cgroups(config.workers, config.memory_mb << 20))
-                self._cgroup_group.append(cgroups[0].path.parent)
-            except OSError as error:
-                not_in_force["memcg"] = str(error)
-                wanted.remove("memcg")
-        tmp_root = "/tmp"
-        if not plan.private_tmp:  # where executions without a fresh /tmp get their directories
-            tmp_root = tempfile.mkdtemp(prefix="mathsynth-sandbox-exec-")
-            os.chmod(tmp_root, 0o1733 if as_root else 0o700)
-            self._host_dirs.append(tmp_root)
-        if as_root:
-            nproc = config.max_processes
-        else:  # RLIMIT_NPROC counts every process of the caller's uid
-            nproc = _count_processes_of(os.geteuid()) + 4 * config.workers + config.max_processes
-        env = {
-            "PATH": f"{os.path.dirname(os.path.abspath(python))}:/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "MALLOC_ARENA_MAX": "2",  # threads would otherwise reserve 64 MiB of address space each
-            "HOME": tmp_root,
-        }
+        wanted, seccomp_program, cgroups = self._prepare_protections(not_in_force)
+        common = self._common_settings(python, wanted, seccomp_program)
         sources = [(name, Path(module.__file__).read_text()) for name, module in _WORKER_MODULES]
-        for index in range(config.workers):
-            cgroup_fd = cgroups[index].open_procs() if cgroups[index] is not None else None
-            settings = {
-                "uid": config.sandbox_uid + index if as_root else None,
-                "wanted": wanted,
-                "seccomp": seccomp_program,
-                "cgroup_fd": cgroup_fd,
-                "worker_pid_namespace": plan.worker_pid_namespace,
-                "tmp_root": tmp_root,
-                "tmp_bytes": config.tmp_mb << 20,
-                "dirs_under_tmp": [d for d in interpreter_dirs(python) if d.startswith(("/tmp/", "/dev/shm/"))],
-                "preload": config.preload,
-                "memory_bytes": config.memory_mb << 20,
-                "nproc": nproc,
-                "file_bytes": config.max_file_mb << 20,
-                "nofile": config.max_open_files,
-                "max_output": config.max_output_bytes,
-                "env": env,
-            }
-            command = plan.prefix + [python, "-I", "-c", protocol.BOOTSTRAP]
+        command = plan.prefix + [python, "-I", "-c", protocol.BOOTSTRAP]
+        for index, cgroup in enumerate(cgroups):
+            cgroup_fd = cgroup.open_procs() if cgroup is not None else None
+            settings = {**common, "uid": config.sandbox_uid + index if as_root else None, "cgroup_fd": cgroup_fd}
             log_path = os.path.join(self._host_dirs[0], f"worker-{index}.log")
-            self._workers.append(_Worker(index, plan, command, protocol.bundle(sources, settings), env, log_path,
-                                         require_uid=as_root, cgroup=cgroups[index], cgroup_fd=cgroup_fd))
+            self._workers.append(_Worker(index, plan, command, protocol.bundle(sources, settings), common["env"],
+                                         log_path, require_uid=as_root, cgroup=cgroup, cgroup_fd=cgroup_fd))
         self._idle: queue.Queue[_Worker] = queue.Queue()
         try:
             for worker in self._workers:
@@ -261,6 +215,63 @@ class Sandbox:
             if name not in first.protections:  # (only proc is skipped without a reason: it needs pid and tmp)
                 not_in_force[name] = first.refused.get(name) or first.refused.get("setup") or "needs pid and tmp"
         _log_not_in_force(plan.kind, not_in_force)
+
+    def _prepare_protections(self, not_in_force: dict[str, str]) -> tuple[list[str], str, list]:
+        """The per-execution protections to ask the workers for, the compiled seccomp filter (hex)
+        and a memory cgroup per worker (None each without); what cannot be had goes to ``not_in_force``."""
+        config = self.config
+        wanted = [name for name in PER_EXECUTION if name not in config.without]
+        seccomp_program = ""
+        if "seccomp" in wanted:
+            try:
+                seccomp_program = compile_filter().hex()
+            except OSError as error:
+                not_in_force["seccomp"] = str(error)
+                wanted.remove("seccomp")
+        cgroups: list[MemoryCgroup | None] = [None] * config.workers
+        if "memcg" in wanted:
+            try:
+                cgroups = list(make_worker_cgroups(config.workers, config.memory_mb << 20))
+                self._cgroup_group.append(cgroups[0].path.parent)
+            except OSError as error:
+                not_in_force["memcg"] = str(error)
+                wanted.remove("memcg")
+        return wanted, seccomp_program, cgroups
+
+    def _common_settings(self, python: str, wanted: list[str], seccomp_program: str) -> dict[str, Any]:
+        """What every zygote is told (sandbox.zygote and sandbox.confine read it)."""
+        config, as_root = self.config, os.geteuid() == 0
+        tmp_root = "/tmp"
+        if not self._plan.private_tmp:  # where executions without a fresh /tmp get their directories
+            tmp_root = tempfile.mkdtemp(prefix="mathsynth-sandbox-exec-")
+            os.chmod(tmp_root, 0o1733 if as_root else 0o700)
+            self._host_dirs.append(tmp_root)
+        if as_root:
+            nproc = config.max_processes
+        else:  # RLIMIT_NPROC counts every process of the caller's uid
+            nproc = _count_processes_of(os.geteuid()) + 4 * config.workers + config.max_processes
+        env = {
+            "PATH": f"{os.path.dirname(os.path.abspath(python))}:/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "MALLOC_ARENA_MAX": "2",  # threads would otherwise reserve 64 MiB of address space each
+            "HOME": tmp_root,
+        }
+        return {
+            "wanted": wanted,
+            "seccomp": seccomp_program,
+            "worker_pid_namespace": self._plan.worker_pid_namespace,
+            "tmp_root": tmp_root,
+            "tmp_bytes": config.tmp_mb << 20,
+            "dirs_under_tmp": [d for d in interpreter_dirs(python) if d.startswith(("/tmp/", "/dev/shm/"))],
+            "preload": config.preload,
+            "memory_bytes": config.memory_mb << 20,
+            "nproc": nproc,
+            "file_bytes": config.max_file_mb << 20,
+            "nofile": config.max_open_files,
+            "max_output": config.max_output_bytes,
+            "env": env,
+        }
 
     # -- what is in force ------------------------------------------------------------------
     @property

@@ -34,7 +34,7 @@ REFUSED = (
     # other processes' memory and descriptors
     "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd",
     # kernel facilities with a long record of exploits, or that outlive a process
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "syslog",
     "io_uring_setup", "io_uring_enter", "io_uring_register",
     # memory the address-space limit does not count
     "memfd_create", "memfd_secret", "shmget", "msgget",
