@@ -20,6 +20,7 @@ Limits known and accepted:
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -55,13 +56,13 @@ class _Worker:
     """One zygote and the pipes to it; used by one thread at a time (the pool's queue sees to it)."""
 
     def __init__(self, index: int, plan: LaunchPlan, command: list[str], code: bytes, env: dict[str, str],
-                 log_path: str, require_uid: bool, cgroup: MemoryCgroup | None, cgroup_fd: int | None):
+                 require_uid: bool, cgroup: MemoryCgroup | None, cgroup_fd: int | None):
         self.index = index
         self.plan = plan
         self.command = command
         self.code = code
         self.env = env
-        self.log_path = log_path
+        self.log_fd = _unnamed_log()  # the zygote's stderr, across restarts
         self.require_uid = require_uid
         self.cgroup = cgroup
         self.cgroup_fd = cgroup_fd
@@ -72,10 +73,9 @@ class _Worker:
         self.oom_kills = 0
 
     def spawn(self) -> None:
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=log_file, env=self.env, start_new_session=True, close_fds=True,
-                                            pass_fds=() if self.cgroup_fd is None else (self.cgroup_fd,))
+        self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=self.log_fd, env=self.env, start_new_session=True, close_fds=True,
+                                        pass_fds=() if self.cgroup_fd is None else (self.cgroup_fd,))
         os.set_blocking(self.process.stdin.fileno(), False)
         os.set_blocking(self.process.stdout.fileno(), False)
 
@@ -100,10 +100,8 @@ class _Worker:
 
     def log_tail(self) -> str:
         try:
-            with open(self.log_path, "rb") as log_file:
-                log_file.seek(0, os.SEEK_END)
-                log_file.seek(max(log_file.tell() - 2000, 0))
-                tail = log_file.read().decode("utf-8", errors="replace").strip()
+            size = os.fstat(self.log_fd).st_size
+            tail = os.pread(self.log_fd, 2000, max(size - 2000, 0)).decode("utf-8", errors="replace").strip()
         except OSError:
             tail = ""
         return tail or "(no output)"
@@ -162,6 +160,7 @@ class _Worker:
 def _shutdown(workers: list[_Worker], host_dirs: list[str], cgroup_group: list[Path]) -> None:
     for worker in workers:
         worker.close()
+        os.close(worker.log_fd)
         if worker.cgroup_fd is not None:
             os.close(worker.cgroup_fd)
     for directory in host_dirs:
@@ -182,7 +181,7 @@ class Sandbox:
         python = config.python or sys.executable
         self._plan = plan = plan_launch(config, python)
         as_root = os.geteuid() == 0
-        self._host_dirs: list[str] = [tempfile.mkdtemp(prefix="mathsynth-sandbox-")]  # worker logs
+        self._host_dirs: list[str] = []
         self._cgroup_group: list[Path] = []
         self._workers: list[_Worker] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._host_dirs, self._cgroup_group)
@@ -196,9 +195,8 @@ class Sandbox:
         for index, cgroup in enumerate(cgroups):
             cgroup_fd = cgroup.open_procs() if cgroup is not None else None
             settings = {**common, "uid": config.sandbox_uid + index if as_root else None, "cgroup_fd": cgroup_fd}
-            log_path = os.path.join(self._host_dirs[0], f"worker-{index}.log")
             self._workers.append(_Worker(index, plan, command, protocol.bundle(sources, settings), common["env"],
-                                         log_path, require_uid=as_root, cgroup=cgroup, cgroup_fd=cgroup_fd))
+                                         require_uid=as_root, cgroup=cgroup, cgroup_fd=cgroup_fd))
         self._idle: queue.Queue[_Worker] = queue.Queue()
         try:
             for worker in self._workers:
@@ -383,6 +381,15 @@ def _log_not_in_force(kind: str, missing: dict[str, str]) -> None:
     if message not in _reported:
         _reported.add(message)
         log.warning(message)
+
+
+def _unnamed_log() -> int:
+    """A file without a name (unlinked at once: nothing is left behind, even by a killed parent),
+    opened O_APPEND so that reading it never moves where the worker writes."""
+    fd, path = tempfile.mkstemp(prefix="mathsynth-sandbox-worker-", suffix=".log")
+    os.unlink(path)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    return fd
 
 
 def _count_processes_of(uid: int) -> int:
