@@ -28,6 +28,7 @@ from llm.generation_run import WorkItem, derive_seed, result_records, run_genera
 from llm.types import GenerationRequest, GenerationResult, SamplingParams
 from runner.run import run_stage
 from runner.stage import CorpusStage, ShardWork
+from sandbox.config import SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class DistillConfig(PromptKeys):
     format: Literal["chat", "raw"] = "chat"
     sampling: TeacherSampling = Field(default_factory=TeacherSampling)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="sandbox.SandboxConfig keys")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     self_consistency: SelfConsistency = Field(default_factory=SelfConsistency)
     pricing: Pricing = Field(default_factory=Pricing)
     estimate: Estimate = Field(default_factory=Estimate)
@@ -126,7 +127,7 @@ class DistillStage(CorpusStage):
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
         from distill.validation import CandidateOutput, Validator
-        from sandbox import Sandbox, SandboxConfig
+        from sandbox import Sandbox
 
         config = self.config
         accepted, rejected = work.writer, work.side("rejects")
@@ -134,7 +135,7 @@ class DistillStage(CorpusStage):
         checking = config.self_consistency.k > 0
         candidates = work.side("candidates") if checking else accepted
         needs_sandbox = config.variants.get("tool", 0) > 0 and config.validation.check_code
-        sandbox = Sandbox(SandboxConfig(**config.sandbox)) if needs_sandbox else None
+        sandbox = Sandbox(config.sandbox) if needs_sandbox else None
         validator = Validator(config.validation, sandbox=sandbox)
         for problem in accepted_problems(candidates.path):
             validator.remember(problem)  # near-duplicates of what an earlier run accepted

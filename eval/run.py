@@ -23,6 +23,7 @@ from llm.types import GenerationRequest, GenerationResult, SamplingParams
 from runner.ownership import ByPosition
 from runner.run import run_stage
 from runner.stage import ShardWork, Stage
+from sandbox.config import SandboxConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class EvalConfig(StrictConfig):
     engine: EngineConfig
     sampling: EvalSampling = Field(default_factory=EvalSampling)
     max_rounds: int = Field(4, ge=1, description="code executions per problem in the tool setting")
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="sandbox.SandboxConfig keys")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     grading_timeout_s: float = Field(5.0, gt=0)
     output: str = Field(..., min_length=1)
 
@@ -203,8 +204,8 @@ def run_nl(items, engine: Engine, writer: ShardWriter, grading: Grading, advance
 def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading, config: EvalConfig, advance) -> dict[str, Any]:
     """tool: execute-and-continue up to max_rounds; pot: one program, its printed result is the answer."""
     from data.text import last_code_block
-    from sandbox import Sandbox, SandboxConfig
     from eval.tool_loop import Trajectory, execution_record, solve_with_tools
+    from sandbox import Sandbox
 
     records: dict[str, tuple[BenchmarkRecord, WorkItem, int]] = {}
     trajectories: list[Trajectory] = []
@@ -223,7 +224,7 @@ def run_with_tools(items, engine: Engine, writer: ShardWriter, grading: Grading,
             records[key] = (record, item, index)
     rounds = config.max_rounds if config.setting == "tool" else 0
     written = 0
-    with Sandbox(SandboxConfig(**config.sandbox)) as sandbox:
+    with Sandbox(config.sandbox) as sandbox:
         for trajectory in solve_with_tools(trajectories, engine, sandbox, max_rounds=rounds):
             record, item, index = records.pop(trajectory.key)
             if config.setting == "pot":

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from data.config_base import StrictConfig, operational
 
 IsolationKind = Literal["auto", "bwrap", "unshare", "none"]
 Status = Literal["ok", "error", "timeout", "memory", "killed"]
@@ -33,9 +35,7 @@ DEFAULT_PRELOAD = [
 ]
 
 
-class SandboxConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SandboxConfig(StrictConfig):
     wall_timeout_s: float = Field(10.0, gt=0, description="wall-clock limit per execution")
     cpu_seconds: int | None = Field(None, gt=0, description="RLIMIT_CPU; default ceil(wall timeout)+1")
     memory_mb: int = Field(1024, ge=64, description="address-space limit (RLIMIT_AS) and, with memcg, the "
@@ -45,7 +45,7 @@ class SandboxConfig(BaseModel):
     max_open_files: int = Field(256, ge=16)
     max_output_bytes: int = Field(65536, ge=256, description="kept per stream; the rest is dropped and marked")
     tmp_mb: int = Field(256, ge=16, description="size of the private /tmp and of /dev/shm")
-    workers: int = Field(2, ge=1, le=256)
+    workers: int = operational(2, ge=1, le=256)
     isolation: IsolationKind = Field("auto", description="how workers are launched; auto takes the first that "
                                                          "works of bwrap, unshare, none")
     without: list[OptionalProtection] = Field(default_factory=list,
@@ -53,4 +53,4 @@ class SandboxConfig(BaseModel):
     preload: list[str] = Field(default_factory=lambda: list(DEFAULT_PRELOAD))
     sandbox_uid: int = Field(2_100_000_000, ge=1, description="as root, worker i runs snippets as uid+i")
     python: str | None = Field(None, description="interpreter for the workers; default sys.executable")
-    start_timeout_s: float = Field(60.0, gt=0)
+    start_timeout_s: float = operational(60.0, gt=0)

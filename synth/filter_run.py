@@ -236,9 +236,6 @@ class SynthFilterStage(Stage):
     def inputs(self) -> list[str]:
         return [self.config.input]
 
-    def operational_keys(self) -> list[str]:
-        return super().operational_keys() + ["code_check.sandbox.workers", "code_check.sandbox.start_timeout_s"]
-
     def check(self) -> None:
         self.parts = input_parts(self.config)
 

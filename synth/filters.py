@@ -42,6 +42,7 @@ from data.decontamination import Decontaminator
 from data.dedup import jaccard, shingle_texts
 from data.stage_prompts.parsing import MAX_ANSWER_CHARS, is_answer, solution_leaked
 from data.text import count_words
+from sandbox.config import SandboxConfig
 from synth.embedding_match import BenchmarkEmbeddings, EmbeddingCheck
 
 
@@ -75,7 +76,7 @@ class DecontaminationFilter(StrictConfig):
 
 class CodeCheckFilter(StrictConfig):
     enabled: bool = True
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="sandbox.SandboxConfig keys")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 
 class ConsistencyFilter(StrictConfig):
@@ -152,9 +153,9 @@ class RecordFilters:
     @property
     def sandbox(self):
         if self._sandbox is None:
-            from sandbox import Sandbox, SandboxConfig
+            from sandbox import Sandbox
 
-            self._sandbox = Sandbox(SandboxConfig(**self.code_check.sandbox))
+            self._sandbox = Sandbox(self.code_check.sandbox)
         return self._sandbox
 
     @property

@@ -185,6 +185,8 @@ def test_a_full_disk_is_one_line_and_a_rerun_after_freeing_space_completes(tmp_p
     (["distill"], "self_consistency.kk"),
     (["synth", "generate"], "sampling.cot.temprature"),
     (["synth", "filter"], "length.problem_wrods"),
+    (["distill"], "sandbox.wrokers"),
+    (["synth", "filter"], "code_check.sandbox.memroy_mb"),
 ])
 def test_a_misspelled_key_under_a_nested_config_is_refused_before_anything_runs(tmp_path, capsys, stage, key):
     example = {"distill": "distill-example.yaml", "generate": "synth-generate-example.yaml",
