@@ -11,13 +11,10 @@ first, and again when a definition changes. Only one chunk of the corpus is held
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +27,7 @@ from data.errors import ConfigError, InputError
 from data.jsonl import iter_json_objects
 from data.records import Document
 from data.shards import Shard
-from data.storage import MANIFEST, StageOutput, atomic_write_json, read_json
+from data.storage import MANIFEST, StageOutput, atomic_write_json, read_json, waiting_lock
 from influence.config import InfluenceConfig, TargetSet
 from influence.examples import (
     TARGET_PROMPT,
@@ -146,23 +143,12 @@ def target_rows(target: TargetSet) -> list[tuple[str, str, str]]:
     return rows
 
 
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """One array task computes the targets; the others wait for it and then find them done."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def featurize_targets(scoring: ScoringModel) -> dict[str, int]:
     config = scoring.config
     folder = targets_folder(config.featurize.output)
     counts = {}
-    with _exclusive(folder / ".lock"):
+    # One array task computes the targets; the others wait for it and then find them done.
+    with waiting_lock(folder / ".lock"):
         SpaceFile(folder).claim(scoring.spaces)
         for target in config.targets:
             out = folder / target.name
