@@ -421,10 +421,24 @@ def exclusive_lock(path: Path, busy_message: str) -> Iterator[None]:
         handle.close()
 
 
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the flock on ``path`` (``mathsynth status``: running shards)."""
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
 def _make_output_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"output: {folder} is an existing file, not a folder")
-    if str(folder.resolve()).startswith(("/proc/", "/sys/", "/dev/")) or str(folder.resolve()) in ("/proc", "/sys", "/dev"):
+    resolved = folder.resolve()
+    if any(resolved == Path(kernel) or Path(kernel) in resolved.parents for kernel in ("/proc", "/sys", "/dev")):
         raise OutputError(f"output: {folder} is under a kernel file system; choose a folder on a disk")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -493,14 +507,19 @@ def part_files(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("part-*-of-*.jsonl"))
 
 
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a stage output folder; any other folder (or none) is a one-line error."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{folder}: not a stage output (no {MANIFEST})")
+    return read_json(path)
+
+
 def iter_records(folder: str | Path, *, require_complete: bool = True) -> Iterator[dict[str, Any]]:
     """Read a stage output back, shard by shard. By default refuses an unfinished run, so a
     downstream stage never trains on half of its input."""
     folder = Path(folder)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.exists():
-        raise InputError(f"{folder}: not a stage output (no {MANIFEST})")
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(folder)
     if require_complete and not manifest.get("complete"):
         missing = sorted(set(range(manifest["num_shards"])) - set(manifest.get("shards_done", [])))
         raise InputError(f"{folder}: incomplete: shards {missing} of {manifest['num_shards']} not done")

@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from data.errors import InputError
-from data.storage import atomic_write_json, atomic_write_text, iter_records, read_json
+from data.storage import (
+    atomic_write_json,
+    atomic_write_text,
+    iter_records,
+    read_manifest,
+)
 from eval.metrics import Problem, Sample, default_ks, summarise, summarise_by_group
 
 GROUP_FIELDS = ("subject", "level")
@@ -87,10 +92,7 @@ def write_report(folder: Path, *, require_complete: bool = True) -> dict[str, An
 
 def _eval_manifest(folder: Path) -> dict[str, Any]:
     """The manifest of an eval output folder; any other folder (or none) is a one-line error."""
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise InputError(f"{folder}: not a stage output (no manifest.json)")
-    manifest = read_json(path)
+    manifest = read_manifest(folder)
     if manifest.get("stage") != "eval":
         raise InputError(f"{folder}: holds a {manifest.get('stage')} output, not an eval run")
     return manifest

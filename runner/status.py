@@ -5,14 +5,12 @@ finishing (every shard sealed, the finish step not yet recorded), complete.
 """
 from __future__ import annotations
 
-import fcntl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.errors import InputError
 from data.shards import Shard
-from data.storage import MANIFEST, part_stem, read_json
+from data.storage import lock_is_held, part_stem, read_manifest
 
 
 @dataclass
@@ -50,27 +48,11 @@ class OutputState:
 
 def read_state(folder: str | Path) -> OutputState:
     folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{folder}: not a stage output (no {MANIFEST})")
-    manifest = read_json(path)
+    manifest = read_manifest(folder)
     count = int(manifest.get("num_shards", 1))
     sealed = sorted(manifest.get("shards_done", []))
-    running = [i for i in sorted(set(range(count)) - set(sealed)) if _locked(folder / f".{part_stem(Shard(i, count))}.lock")]
+    running = [i for i in sorted(set(range(count)) - set(sealed)) if lock_is_held(folder / f".{part_stem(Shard(i, count))}.lock")]
     return OutputState(folder, str(manifest.get("stage")), count, sealed, running, bool(manifest.get("complete")), manifest)
-
-
-def _locked(lock_path: Path) -> bool:
-    """Whether a live process holds this shard's lock (the runner holds it for a shard's life)."""
-    if not lock_path.exists():
-        return False
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
 
 
 def _ranges(indices: list[int]) -> str:

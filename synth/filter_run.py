@@ -39,7 +39,7 @@ from data.storage import (
     atomic_write_text,
     part_files,
     part_stem,
-    read_json,
+    read_manifest,
 )
 from runner.ownership import ByInputPart
 from runner.run import run_stage
@@ -85,10 +85,7 @@ class SynthFilterConfig(StrictConfig):
 def input_parts(config: SynthFilterConfig) -> list[Path]:
     """The generate run's part files, once it is a finished ``synth generate`` output."""
     folder = Path(config.input)
-    manifest = folder / "manifest.json"
-    if not manifest.exists():
-        raise InputError(f"input: {folder} is not a stage output folder (no manifest.json)")
-    upstream = read_json(manifest)
+    upstream = read_manifest(folder)
     if upstream.get("stage") != "synth_generate":
         raise InputError(f"input: {folder} is a {upstream.get('stage')} output; synth filter reads a synth generate "
                          "output (records with problem, solution and variant)")
