@@ -43,7 +43,7 @@ def is_operational(model: type[BaseModel], name: str) -> bool:
 
 def operational_paths(config: BaseModel, prefix: str = "") -> list[str]:
     """Dotted paths of every operational key in ``config``, nested models and dicts of models
-    included. Walks the instance, not the class, so the member of a union that was chosen (an
+    included (in dicts and lists: ``sources.0.policy``). Walks the instance, not the class, so the member of a union that was chosen (an
     engine kind) contributes its own keys."""
     paths: list[str] = []
     for name in type(config).model_fields:
@@ -54,8 +54,9 @@ def operational_paths(config: BaseModel, prefix: str = "") -> list[str]:
         value = getattr(config, name)
         if isinstance(value, BaseModel):
             paths.extend(operational_paths(value, f"{path}."))
-        elif isinstance(value, dict):
-            for key, item in value.items():
+        elif isinstance(value, (dict, list)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
                 if isinstance(item, BaseModel):
                     paths.extend(operational_paths(item, f"{path}.{key}."))
     return paths

@@ -149,7 +149,24 @@ def iter_documents(
         raise ValueError(f"max_chars={max_chars!r}: expected a positive number of characters")
     fields = _Fields(text_field, id_field or None, tuple(meta_fields) if meta_fields is not None else None, max_chars)
     files = resolve_sources(sources)
-    return _stream(files, fields, policy, shard, stats if stats is not None else CorpusStats())
+    return _stream(files, fields, policy, shard, stats if stats is not None else CorpusStats(), _to_document)
+
+
+def iter_rows(
+    sources: SourceSpec,
+    *,
+    policy: Policy = "fail",
+    shard: Shard | None = None,
+    stats: CorpusStats | None = None,
+) -> Iterator[tuple[SourceLocation, dict[str, Any]]]:
+    """Like :func:`iter_documents` (same files, order, sharding rule and bad-row handling), but
+    every JSON object as it is, with where it was read: for readers whose rows are not one text
+    field (prompt/completion, chat messages)."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r}: expected one of {', '.join(POLICIES)}")
+    fields = _Fields("", None, None, 0)
+    return _stream(resolve_sources(sources), fields, policy, shard, stats if stats is not None else CorpusStats(),
+                   _to_located_row)
 
 
 def resolve_sources(sources: SourceSpec) -> list[str]:
@@ -264,7 +281,7 @@ class _RowPositions:
 
 
 def _stream(files: list[str], fields: _Fields, policy: Policy, shard: Shard | None,
-            stats: CorpusStats) -> Iterator[Document]:
+            stats: CorpusStats, convert) -> Iterator[Any]:
     whole_files = shard is None or len(files) >= shard.count
     positions = _RowPositions(None if whole_files else shard)
     for k, path in enumerate(files):
@@ -277,8 +294,8 @@ def _stream(files: list[str], fields: _Fields, policy: Policy, shard: Shard | No
             try:
                 if isinstance(row, _BadRow):
                     raise row
-                document = _to_document(_parse_line(row, line) if isinstance(row, bytes) else row,
-                                        SourceLocation(path, line), fields)
+                document = convert(_parse_line(row, line) if isinstance(row, bytes) else row,
+                                   SourceLocation(path, line), fields)
             except _BadRow as bad:
                 message = bad.message(f"{path}:{line}")
                 if policy == "fail":
@@ -320,6 +337,12 @@ def _to_document(row: Any, location: SourceLocation, fields: _Fields) -> Documen
     else:
         meta = {k: row[k] for k in fields.meta if k in row}
     return Document(id=doc_id, text=text, meta=meta, location=location)
+
+
+def _to_located_row(row: Any, location: SourceLocation, fields: _Fields) -> tuple[SourceLocation, dict[str, Any]]:
+    if not isinstance(row, dict):
+        raise _BadRow(NOT_AN_OBJECT, f"got {_json_type(row)}")
+    return location, row
 
 
 def _json_type(value: Any) -> str:

@@ -476,7 +476,10 @@ def without_keys(config: dict[str, Any], dotted: Iterable[str]) -> dict[str, Any
         *parents, last = key.split(".")
         node = result
         for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(last, None)
     return result

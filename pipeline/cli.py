@@ -35,7 +35,7 @@ STAGE_COMMANDS = {
     "distill": (distill_cli, "education-stage teacher prompting -> the distillation set"),
     "influence": (influence_cli, "gradient-influence selection of corpus texts worth distilling"),
     "synth": (synth_cli, "train the small synthesizer; mass-produce problems with it"),
-    "pretrain": (pretrain_cli, "continued pre-training (not built yet)"),
+    "pretrain": (pretrain_cli, "continued pre-training + SFT of the final model (tokenize, train)"),
 }
 
 

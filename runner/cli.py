@@ -56,7 +56,7 @@ def outcome_line(output: Any, summary: str, manifest: dict[str, Any]) -> str:
 
 
 def report(stage, manifest: dict[str, Any]) -> None:
-    print(outcome_line(stage.config.output, stage.summary(manifest), manifest))
+    print(outcome_line(stage.output, stage.summary(manifest), manifest))
 
 
 def configure_logging(level: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from data.errors import InputError
 from data.jsonl import iter_json_objects
 from training.rows import (
     IGNORE,
@@ -15,6 +14,7 @@ from training.rows import (
     collate,
     pack,
     per_example_losses,
+    sft_prompt_target,
     token_losses,
     tokenize_sft,
 )
@@ -29,17 +29,7 @@ def read_sft_rows(path: Path, fmt: str, limit: int | None = None) -> Iterator[tu
     earlier messages)."""
     count = 0
     for number, row in iter_json_objects(path):
-        where = f"{path}:{number}"
-        if fmt == "raw":
-            prompt, target = row.get("prompt"), row.get("completion")
-            if not isinstance(prompt, str) or not isinstance(target, str) or not target.strip():
-                raise InputError(f"{where}: a raw row needs string fields prompt and completion (non-empty)")
-        else:
-            messages = row.get("messages")
-            if (not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages)
-                    or messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str)):
-                raise InputError(f"{where}: a chat row needs messages ending with an assistant message")
-            prompt, target = messages[:-1], messages[-1]["content"]
+        prompt, target = sft_prompt_target(row, fmt, f"{path}:{number}")
         yield str(row.get("id", number)), prompt, target
         count += 1
         if limit is not None and count >= limit:

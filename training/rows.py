@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from data.errors import InputError
+
 IGNORE = -100
 
 
@@ -44,6 +46,22 @@ class PackedRow:
     @property
     def target_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE)
+
+
+def sft_prompt_target(row: dict, fmt: str, where: str) -> tuple[str | list, str]:
+    """(prompt, target) of an SFT row: ``raw`` rows ``{prompt, completion}``; ``chat`` rows
+    ``{messages}`` whose last message is the assistant's target (the prompt is then the earlier
+    messages). A row without them is a one-line error naming ``where`` (file:line)."""
+    if fmt == "raw":
+        prompt, target = row.get("prompt"), row.get("completion")
+        if not isinstance(prompt, str) or not isinstance(target, str) or not target.strip():
+            raise InputError(f"{where}: a raw row needs string fields prompt and completion (non-empty)")
+        return prompt, target
+    messages = row.get("messages")
+    if (not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages)
+            or messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str)):
+        raise InputError(f"{where}: a chat row needs messages ending with an assistant message")
+    return messages[:-1], messages[-1]["content"]
 
 
 def tokenize_sft(tokenizer, example_id: str, prompt: str | list, target: str, max_length: int) -> SftExample:
