@@ -31,7 +31,14 @@ from data.corpus import CorpusStats, iter_rows, resolve_sources
 from data.errors import InputError, OutputError
 from data.records import SourceLocation
 from data.shards import Shard
-from data.storage import ShardWriter, StageOutput, atomic_write_json, part_stem, read_json
+from data.storage import (
+    MANIFEST,
+    ShardWriter,
+    StageOutput,
+    atomic_write_json,
+    part_stem,
+    read_json,
+)
 from pretrain.config import PretrainConfig, Source
 from pretrain.examples import KIND_NAMES, BadRow, RowTokenizer
 from runner.ownership import ByCorpusRecord
@@ -65,7 +72,7 @@ class TokenizeStage(Stage):
         return self.config.tokenized_folder()
 
     def inputs(self) -> list[str]:
-        return [self.config.tokenizer_path(), *(p for s in self.config.sources for p in resolve_sources(s.paths))]
+        return [self.config.tokenizer_path(), *(p for s in self.config.sources for p in source_paths(s))]
 
     def manifest_config(self) -> dict[str, Any]:
         return self.config.tokenize_config()
@@ -76,7 +83,7 @@ class TokenizeStage(Stage):
     def check(self) -> None:
         for k, source in enumerate(self.config.sources):
             try:
-                resolve_sources(source.paths)
+                resolve_sources(source_paths(source))
             except InputError as err:
                 raise InputError(f"sources.{k}.paths: {err}") from None
         RowTokenizer(self.tokenizer, self.config.sources[0])  # refuses a tokenizer without offsets
@@ -135,13 +142,28 @@ class TokenizeStage(Stage):
                 f"({counts.get('loss_tokens', 0)} scored)" + (f", {skipped} rows skipped" if skipped else ""))
 
 
+def source_paths(source: Source) -> list[str]:
+    """The source's paths, a distill output folder standing for its SFT export (complete only)."""
+    paths = []
+    for path in source.paths:
+        manifest = Path(path) / MANIFEST
+        if manifest.is_file() and read_json(manifest).get("stage") == "distill":
+            if not read_json(manifest).get("complete"):
+                raise InputError(f"{path}: distill output is incomplete (its sft_raw.jsonl is written at the end); "
+                                 f"finish it first")
+            paths.append(str(Path(path) / "sft_raw.jsonl"))
+        else:
+            paths.append(path)
+    return paths
+
+
 def owned_rows(source: Source, shard: Shard, stats: CorpusStats) -> Iterator[tuple[SourceLocation, dict]]:
     """This shard's rows of ``source``; ``limit`` counts rows of the whole source, so it applies
     before sharding (every shard then streams from the start)."""
     if source.limit is None:
-        yield from iter_rows(source.paths, policy=source.policy, shard=shard, stats=stats)
+        yield from iter_rows(source_paths(source), policy=source.policy, shard=shard, stats=stats)
         return
-    for position, row in enumerate(iter_rows(source.paths, policy=source.policy, stats=stats)):
+    for position, row in enumerate(iter_rows(source_paths(source), policy=source.policy, stats=stats)):
         if position >= source.limit:
             return
         if shard.owns(position):
@@ -179,7 +201,7 @@ class ShardArrays:
         return sum(r["rows"] for r in self.records if r["source"] == source)
 
     def _file_number(self, source: Source, source_index: int, path: str) -> int:
-        numbers = self.file_index.setdefault(source_index, {p: k for k, p in enumerate(resolve_sources(source.paths))})
+        numbers = self.file_index.setdefault(source_index, {p: k for k, p in enumerate(resolve_sources(source_paths(source)))})
         return numbers[path]
 
     def append(self, source_index: int, first_row: int, rows, results, source: Source) -> None:

@@ -16,7 +16,14 @@ import yaml
 from data.errors import InputError
 from data.storage import MANIFEST, ShardWriter, describe_input, read_json
 from pretrain.config import PretrainConfig
-from pretrain.plan import LENGTH, PHASE_NAMES, SOURCE, PlannedRows, TokenArrays, build_plan
+from pretrain.plan import (
+    LENGTH,
+    PHASE_NAMES,
+    SOURCE,
+    PlannedRows,
+    TokenArrays,
+    build_plan,
+)
 from pretrain.tokenize import TokenizeStage, read_sources_file
 from training.loop import global_batch_rows, steps_for, train_model
 from training.stage import TrainingStage, make_accelerator, run_training

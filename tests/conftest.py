@@ -66,3 +66,86 @@ def kill_when_written(command: list[str], part: Path, at_least: int, env: dict, 
     process.send_signal(signal.SIGKILL)
     process.wait()
     return part.read_text().count("\n") if part.exists() else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs (synth train, pretrain)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def model_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path, atol: float) -> None:
+    import torch
+
+    wa, wb = model_weights(a), model_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accelerate_launch(accelerate_config: str, command: str, config_file: Path, env: dict, timeout: float = 300):
+    """``accelerate launch --config_file configs/accelerate/<accelerate_config> -m <command> train``."""
+    import subprocess
+
+    launch = [sys.executable, "-m", "accelerate.commands.launch",
+              "--config_file", str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
+              "--main_process_port", str(free_port()), "-m", command, "train", "--config", str(config_file)]
+    return subprocess.run(launch, check=False, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+
+
+def kill_after_checkpoint_4(command: str, config_file: Path, out: Path, env: dict) -> int:
+    """Run ``python -m <command> train`` with :func:`stalling_train`, SIGKILL it once step 4 is
+    checkpointed and step 5 trained past it (and lost); returns the steps in ``batches.jsonl``."""
+    import signal
+    import subprocess
+    import time
+
+    batches = out / "batches.jsonl"
+    process = subprocess.Popen([sys.executable, "-c", stalling_train(command), str(config_file)], env=env,
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (out / "checkpoints" / "step-00000004").is_dir() and batches.exists() \
+                and len(batches.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return len(batches.read_text().splitlines())
+
+
+def stalling_train(command: str) -> str:
+    """A script running ``python -m <command> train --config ARGV[1]`` whose optimizer stalls at
+    its 6th step, so a kill lands after the step-4 checkpoint and step 5, however fast the
+    machine is."""
+    return f"""
+import sys, time
+import torch
+from runner.cli import main_for
+from {command} import cli
+real_step, calls = torch.optim.AdamW.step, []
+def stalling_step(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 6:
+        time.sleep(300)
+    return real_step(self, *args, **kwargs)
+torch.optim.AdamW.step = stalling_step
+sys.exit(main_for("{command}", cli, ["train", "--config", sys.argv[1]]))
+"""

@@ -6,16 +6,22 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, sample_texts, write_jsonl
+from conftest import (
+    REPO_ROOT,
+    accelerate_launch,
+    assert_same_weights,
+    kill_after_checkpoint_4,
+    model_weights,
+    read_lines,
+    sample_texts,
+    write_jsonl,
+)
 
 from data.errors import ConfigError, UserError
 from runner.config import load_config
@@ -62,23 +68,6 @@ def make_config(model, sft, output, **overrides) -> SynthTrainConfig:
            "gradient_accumulation_steps": 2, "save_steps": 4, "logging_steps": 1, "seed": 1}
     raw.update(overrides)
     return SynthTrainConfig.model_validate(raw)
-
-
-def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path, atol: float) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=key)
 
 
 def without_timestamp(manifest: dict) -> dict:
@@ -196,19 +185,13 @@ def test_lora_saves_base_plus_delta_merged(tiny_model, sft, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
-    assert not any("lora" in key for key in weights(out))
+    assert not any("lora" in key for key in model_weights(out))
     ids = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want, got = peft_model(ids).logits, merged(ids).logits
         plain = AutoModelForCausalLM.from_pretrained(tiny_model)(ids).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert (got - plain).abs().max() > 1e-3  # the delta is not zero: training changed something
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(config: SynthTrainConfig, path: Path) -> Path:
@@ -222,11 +205,7 @@ def test_accelerate_launch_two_processes_trains_the_same_run(reference, tmp_path
     config, manifest = reference
     # the same global batch (4 rows): 1 row per process x 2 processes x 2 accumulation steps
     two = config.model_copy(update={"output": str(tmp_path / "two"), "per_device_batch_size": 1})
-    command = [sys.executable, "-m", "accelerate.commands.launch",
-               "--config_file", str(REPO_ROOT / "configs/accelerate/cpu-2proc.yaml"),
-               "--main_process_port", str(free_port()),
-               "-m", "synth", "train", "--config", str(write_config(two, tmp_path / "two.yaml"))]
-    done = subprocess.run(command, check=False, env=subprocess_env(), capture_output=True, text=True, timeout=240, cwd=REPO_ROOT)
+    done = accelerate_launch("cpu-2proc.yaml", "synth", write_config(two, tmp_path / "two.yaml"), subprocess_env())
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "two" / "manifest.json").read_text())
     assert result["stats"]["processes"] == 2
@@ -235,44 +214,14 @@ def test_accelerate_launch_two_processes_trains_the_same_run(reference, tmp_path
     assert_same_weights(tmp_path / "two", Path(config.output), atol=1e-4)
 
 
-# Run in a subprocess: ``python -m synth train`` whose optimizer stalls at its 6th step, so a kill
-# lands after the step-4 checkpoint and step 5, however fast the machine is.
-STALLING_TRAIN = """
-import sys, time
-import torch
-from runner.cli import main_for
-from synth import cli
-real_step, calls = torch.optim.AdamW.step, []
-def stalling_step(self, *args, **kwargs):
-    calls.append(1)
-    if len(calls) == 6:
-        time.sleep(300)
-    return real_step(self, *args, **kwargs)
-torch.optim.AdamW.step = stalling_step
-sys.exit(main_for("synth", cli, ["train", "--config", sys.argv[1]]))
-"""
-
-
 def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights(reference, tmp_path):
     config, manifest = reference
     run = config.model_copy(update={"output": str(tmp_path / "run")})
     config_file = write_config(run, tmp_path / "run.yaml")
     command = [sys.executable, "-m", "synth", "train", "--config", str(config_file)]
     out = Path(run.output)
-    process = subprocess.Popen([sys.executable, "-c", STALLING_TRAIN, str(config_file)], env=subprocess_env(),
-                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    # kill once step 4 is checkpointed and step 5 has been trained past it (and is lost)
-    while time.monotonic() < deadline and process.poll() is None:
-        if (out / "checkpoints" / "step-00000004").is_dir() and (out / BATCH_LOG).exists() \
-                and len((out / BATCH_LOG).read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, process.stderr.read().decode()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed_at = kill_after_checkpoint_4("synth", config_file, out, subprocess_env())
     assert not json.loads((out / "manifest.json").read_text())["complete"]
-    killed_at = len((out / BATCH_LOG).read_text().splitlines())
     last_checkpoint = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
     assert not list((out / "checkpoints").glob(".tmp-*")) or last_checkpoint >= 4  # a torn one is ignored
     assert 5 <= killed_at < manifest["stats"]["steps"]
