@@ -3,7 +3,9 @@
 generate: an array of 2 tasks writes the 2 shards of one output, the same records as a
 one-shard local run; resubmitting the same array after a "preemption" regenerates nothing.
 influence: featurize as a 2-task array, then select as one job after it, give the selection
-of a local single-process run; warm-up inside an array is refused. The template's argument
+of a local single-process run; warm-up inside an array is refused. pretrain: tokenize as a
+2-task array, then slurm/train.sbatch (accelerate launch, 2 CPU processes) after it, trains the
+run of a local single process. The template's argument
 checks also run without Slurm (plain bash, a stand-in `mathsynth`). Skipped where Slurm is not
 installed or we are not root.
 """
@@ -244,6 +246,53 @@ def test_featurize_array_then_select_job_gives_the_local_selection(slurm, tiny_m
     for index in range(3):
         summary = run_featurize(config, Shard(index, 3), side="candidates")["candidates"]
         assert summary["chunks_written"] == 0 and summary["chunks_already_done"] == 2, summary
+
+
+def test_pretrain_tokenize_array_then_a_train_job_gives_the_local_run(slurm, tiny_model, tmp_path):
+    from conftest import assert_same_weights, read_lines
+
+    from data.shards import Shard
+    from pretrain.config import PretrainConfig
+    from pretrain.tokenize import TokenizeStage
+    from pretrain.train import run_pretrain
+    from runner.run import run_stage
+
+    qa = [{"text": f"## Question\nWhat is {i} + {i}?\n\n## Solution\n{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}\n"}
+          for i in range(60)]
+    data = write_jsonl(tmp_path / "qa.jsonl", qa)
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"text": t[:400]} for t in sample_texts(30)])
+
+    def config(name: str) -> dict:
+        return {"model": str(tiny_model), "output": str(tmp_path / name / "model"),
+                "tokenized": str(tmp_path / name / "tokens"), "tokenize_batch_rows": 16,
+                "sources": [{"paths": [str(data)], "weight": 2}, {"paths": [str(plain)]}],
+                "max_length": 128, "per_device_batch_size": 1, "gradient_accumulation_steps": 2,
+                "learning_rate": 1e-3, "save_steps": 5, "logging_steps": 1}
+
+    config_path = tmp_path / "pretrain.yaml"
+    config_path.write_text(json.dumps(config("slurm")))  # JSON is YAML
+    env = job_env(slurm, tmp_path)
+    tokenize = submit(env, tmp_path, "pretrain", "tokenize", str(config_path))
+    command = ["sbatch", "--parsable", f"--output={tmp_path}/slurm-%j.out", f"--dependency=afterok:{tokenize}",
+               "--kill-on-invalid-dep=yes", "slurm/train.sbatch", "pretrain", str(config_path),
+               "configs/accelerate/cpu-2proc.yaml", "--set", "logging_steps=2"]
+    submitted = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert submitted.returncode == 0, submitted.stderr
+    train = submitted.stdout.strip().split(";")[0]
+    # The local single-process reference (same global batch: 2 rows per process x 1 x 2) meanwhile.
+    local = PretrainConfig.model_validate({**config("local"), "per_device_batch_size": 2, "logging_steps": 2})
+    run_stage(TokenizeStage(local), Shard(0, 1))
+    run_pretrain(local)
+    assert wait(slurm, tmp_path, tokenize) == {"0": "COMPLETED", "1": "COMPLETED"}, job_logs(tmp_path)
+    assert wait(slurm, tmp_path, train) == {train: "COMPLETED"}, job_logs(tmp_path)
+
+    tokens = json.loads((tmp_path / "slurm" / "tokens" / "manifest.json").read_text())
+    assert tokens["complete"] and tokens["num_shards"] == 2
+    result = json.loads((tmp_path / "slurm" / "model" / "manifest.json").read_text())
+    assert result["complete"] and result["stats"]["processes"] == 2
+    assert result["config"]["logging_steps"] == 2  # the overrides after the accelerate config reach the run
+    assert read_lines(tmp_path / "slurm" / "model" / "batches.jsonl") == read_lines(tmp_path / "local" / "model" / "batches.jsonl")
+    assert_same_weights(tmp_path / "slurm" / "model", tmp_path / "local" / "model", atol=1e-4)
 
 
 def test_warmup_inside_an_array_is_refused(slurm, tmp_path):
