@@ -1,8 +1,8 @@
 """One dataset row -> its tokens and loss mask (1 = the token is scored).
 
-A row is plain text, a JiuZhang3.0 text (``## Question`` ... ``## Solution`` or
-``## Code Solution``), a prompt/completion pair or chat ``messages``. What carries loss follows
-the source's ``loss`` key; ``auto`` is the paper's choice: a JiuZhang3.0 text its solution (the
+A row is plain text, a JiuZhang3.0 text (``## Question`` ... then a header naming the solution:
+``## Solution``, ``## Code Solution``, ``## Step-by-Step Solution``), a prompt/completion pair
+or chat ``messages``. What carries loss follows the source's ``loss`` key; ``auto`` is the paper's choice: a JiuZhang3.0 text its solution (the
 header line is the question's), other text every token, an SFT row its completion.
 
 Text rows are tokenized in batches with offsets (one fast-tokenizer call per chunk of rows), so
@@ -28,7 +28,9 @@ KIND_NAMES = {PLAIN_TEXT: "text", QUESTION_SOLUTION: "question/solution", SFT: "
 NO_CUT = 1 << 30  # tokenize_sft's max_length: the packer, not the tokenizer, decides about length
 
 _QUESTION = re.compile(r"\A\s*## Question\n")
-_SOLUTION = re.compile(r"\n## (?:Code )?Solution\n")
+# The solution header: "## Solution", "## Code Solution" (tool data), "## Step-by-Step Solution"
+# (a quarter of the paper's released SFT rows use that one): the first header line naming a solution.
+_SOLUTION = re.compile(r"\n## [^\n]*\bSolution\b[^\n]*\n")
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,8 @@ class RowTokenizer:
                 raise BadRow(f"{where}: loss: completion needs prompt/completion or messages rows, not {field!r}")
             boundary = solution_start(text)
             if source.loss == "solution" and boundary is None:
-                raise BadRow(f"{where}: loss: solution needs a '## Question' text with a '## Solution' or "
-                             f"'## Code Solution' header")
+                raise BadRow(f"{where}: loss: solution needs a '## Question' text with a solution header "
+                             f"('## Solution', '## Code Solution', ...)")
             if source.loss == "all" or boundary is None:
                 return text, 0, PLAIN_TEXT
             return text, boundary, QUESTION_SOLUTION

@@ -25,6 +25,7 @@ from conftest import (
 from data.errors import InputError, UserError
 from data.shards import Shard
 from pretrain.config import PretrainConfig
+from pretrain.examples import solution_start
 from pretrain.plan import SFT_PHASE, PlannedRows, TokenArrays, build_plan
 from pretrain.tokenize import INDEX_FILE, TokenizeStage, array_path
 from pretrain.train import PretrainStage, run_pretrain
@@ -154,6 +155,13 @@ def test_labels_cover_the_solution_of_a_jiuzhang_text_every_token_of_plain_text_
         assert "Question\nAnn has" in scored(row) and (np.asarray(row.labels)[1:] != IGNORE).all()
     assert [len(by_source[k]) for k in (0, 2, 3, 4)] == [60, 30, 20, 3]
     assert len(by_source[1]) > 40  # a text longer than a row goes on in the next one
+
+
+@pytest.mark.parametrize("header", ["## Solution", "## Code Solution", "## Step-by-Step Solution"])
+def test_every_solution_header_of_the_released_jiuzhang_data_starts_the_scored_part(header):
+    text = f"## Question\nWhat is 2 + 2?\n\n{header}\n2 + 2 = 4.\n"
+    assert text[solution_start(text):] == "2 + 2 = 4.\n"
+    assert solution_start("What is 2 + 2?\n\n## Solution\n4") is None  # not a JiuZhang text: all tokens
 
 
 def test_a_row_that_does_not_fit_its_source_is_one_line_naming_file_and_line(tiny_model, datasets, tmp_path):
@@ -352,14 +360,16 @@ def test_training_killed_after_a_checkpoint_resumes_to_the_same_batches_and_weig
     assert_same_weights(out, Path(config.output), atol=1e-6)
 
 
-def test_accelerate_launch_two_processes_trains_the_same_run(reference, tmp_path):
+@pytest.mark.parametrize("launch, distributed", [("cpu-2proc.yaml", "MULTI_CPU"), ("fsdp-cpu-2proc.yaml", "FSDP")])
+def test_accelerate_launch_two_processes_trains_the_same_run(reference, tmp_path, launch, distributed):
+    """Data parallel and FSDP2 (FULL_SHARD, sharded checkpoints) over 2 gloo processes."""
     config, manifest = reference
     # the same global batch (4 rows): 1 row per process x 2 processes x 2 accumulation steps
     two = config.model_copy(update={"output": str(tmp_path / "two"), "per_device_batch_size": 1})
-    done = accelerate_launch("cpu-2proc.yaml", "pretrain", write_config(two, tmp_path / "two.yaml"), ENV)
+    done = accelerate_launch(launch, "pretrain", write_config(two, tmp_path / "two.yaml"), ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert result["stats"]["processes"] == 2
+    assert result["stats"]["processes"] == 2 and result["stats"]["distributed"] == distributed
     assert read_lines(tmp_path / "two" / BATCH_LOG) == read_lines(Path(config.output) / BATCH_LOG)
     assert result["stats"]["final_loss"] == pytest.approx(manifest["stats"]["final_loss"], abs=1e-4)
     assert_same_weights(tmp_path / "two", Path(config.output), atol=1e-4)

@@ -189,7 +189,8 @@ def train_model(settings: TrainingSettings, accelerator, data: TrainingData, tok
 
     save_trained_model(accelerator, model, tokenizer, settings)
     return {**data.stats, "steps": total_steps, "global_batch_rows": global_batch_rows(settings, world),
-            "processes": world, "final_loss": last_loss, "resumed_from_step": start_step or None}
+            "processes": world, "distributed": str(accelerator.distributed_type.value), "final_loss": last_loss,
+            "resumed_from_step": start_step or None}
 
 
 def flat_hyperparameters(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -55,14 +55,24 @@ def save_trained_model(accelerator, model, tokenizer, settings: TrainingSettings
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = accelerator.unwrap_model(model)
-        if settings.lora is not None:
+        if _sharded(accelerator) and (settings.lora is not None or accelerator.mixed_precision == "bf16"):
+            # The unwrapped FSDP module still holds shards: saving it from one process would
+            # wait forever on a gather the others never join. Rebuild it whole from the state.
+            unwrapped = load_for_training(settings.model_copy(update={"gradient_checkpointing": False}))
+        if settings.lora is not None or unwrapped is not accelerator.unwrap_model(model):
             unwrapped.load_state_dict(state_dict)
+        if settings.lora is not None:
             unwrapped.save_pretrained(tmp / "adapter")  # the delta alone, small, for inspection
             unwrapped = unwrapped.merge_and_unload()
             state_dict = None
         if accelerator.mixed_precision == "bf16":  # trained under bf16 autocast: save as bf16
             unwrapped = unwrapped.to(torch.bfloat16)
             state_dict = None
+        if state_dict is not None:
+            # A tied output head is one parameter, but a gathered (FSDP) state dict holds it
+            # under both names as separate tensors, which save_pretrained would write twice.
+            names = {name for name, _ in unwrapped.named_parameters()} | {name for name, _ in unwrapped.named_buffers()}
+            state_dict = {key: value for key, value in state_dict.items() if key in names}
         unwrapped.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         for item in tmp.iterdir():
@@ -71,3 +81,9 @@ def save_trained_model(accelerator, model, tokenizer, settings: TrainingSettings
             os.replace(item, output / item.name)
         tmp.rmdir()
     accelerator.wait_for_everyone()
+
+
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)

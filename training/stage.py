@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from data.errors import ConfigError
 from data.shards import Shard
 from data.storage import ShardWriter, StageOutput, atomic_write_text, part_stem
 from runner.ownership import Whole
@@ -93,6 +94,25 @@ def run_training(stage: TrainingStage) -> dict[str, Any]:
     return manifest
 
 
+def _fsdp_on_cpu(accelerator) -> None:
+    """Honour an FSDP launch config on CPU processes (gloo). With ``cpu=True`` accelerate makes
+    the state MULTI_CPU and drops the FSDP plugin (it turns only GPU-like states into FSDP), so
+    ``configs/accelerate/fsdp-cpu-2proc.yaml`` would otherwise train plain DDP without a word."""
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU \
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError("accelerate config: FSDP on CPU needs fsdp_version: 2 (FSDP1's full state dict "
+                          "crashes on CPU tensors); see configs/accelerate/fsdp-cpu-2proc.yaml")
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* settings
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
 def make_accelerator(settings: TrainingSettings, project: str):
     """bf16 autocast on GPU with ``dtype: auto``; trackers (TensorBoard, W&B) when asked, logging
     under ``<output>/runs``, W&B offline unless WANDB_MODE says otherwise."""
@@ -107,6 +127,7 @@ def make_accelerator(settings: TrainingSettings, project: str):
     accelerator = Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers,
                               project_dir=str(Path(settings.output) / "runs"),
                               gradient_accumulation_steps=settings.gradient_accumulation_steps)
+    _fsdp_on_cpu(accelerator)
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed wants its micro-batch size; we have no dataloader
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = settings.per_device_batch_size
     accelerator.tracker_project = project  # trackers start with the training (the folder is the stage's by then)
