@@ -86,13 +86,14 @@ class PretrainStage(TrainingStage):
 
 
 def plan_stats(plan, index: np.ndarray, config: PretrainConfig, rows_trained: int) -> dict[str, Any]:
-    """What the run trains on, per source and per phase (for the manifest and the model card)."""
-    sources = []
-    for k, source in enumerate(config.sources):
-        mine = index[:, SOURCE] == k
-        sources.append({"name": source.label, "weight": source.weight, "documents": int(mine.sum()),
-                        "documents_trained": int(plan.copies[mine].sum()),
-                        "tokens_trained": int((plan.copies[mine] * index[mine, LENGTH]).sum())})
+    """What the run trains on, per source and per phase (for the manifest and the model card); the
+    per-source figures include the rows after the last whole global batch."""
+    seg_source = index[plan.seg_doc, SOURCE]
+    documents = np.bincount(seg_source[plan.seg_start == 0], minlength=len(config.sources))
+    tokens = np.bincount(seg_source, weights=plan.seg_length, minlength=len(config.sources))
+    sources = [{"name": source.label, "weight": source.weight, "documents": int((index[:, SOURCE] == k).sum()),
+                "documents_trained": int(documents[k]), "tokens_trained": int(tokens[k])}
+               for k, source in enumerate(config.sources)]
     row_tokens = np.add.reduceat(plan.seg_length, plan.row_ptr[:-1]) if plan.rows else np.zeros(0, dtype=np.int64)
     phases = {name: {"rows": int((plan.row_phase == p).sum()), "tokens": int(row_tokens[plan.row_phase == p].sum())}
               for p, name in enumerate(PHASE_NAMES)}
