@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from data.errors import InputError
 from runner.cli import add_run_args, load_run_config, report, shard_of
@@ -51,6 +52,4 @@ def run(args: argparse.Namespace) -> int:
 def _world_is_many() -> bool:
     """Under ``accelerate launch`` the tokenize pass must be done first: N processes on one shard
     would be refused by its lock, and the trainers would wait on it."""
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
