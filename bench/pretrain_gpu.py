@@ -21,9 +21,9 @@ log's step lines), everything in the steps included. MFU = tokens/s x FLOPs per 
 Two checks of parts of our step, on each model's sizes, follow the runs (they are what the CPU
 benchmark's profile pointed at; bench/RESULTS.md):
 
-* the loss: ``training.rows.token_losses`` (logits sliced and reshaped, per-token cross-entropy,
-  times the mask) against the same per-token losses from labels shifted instead of logits
-  (``ignore_index``), on the lm head of one micro-batch: forward + backward time and peak memory;
+* the loss: ``training.rows.token_losses`` (which shifts the labels, not the logits, since the
+  CPU profile below) against a plain shifted-labels cross-entropy written here, on the lm head of
+  one micro-batch: forward + backward time and peak memory (they should match);
 * the optimizer step: ``torch.optim.AdamW`` as ``training.model.build_optimizer`` builds it
   (foreach on a GPU) against ``fused=True`` (transformers.Trainer's default), on parameters of
   the model's shapes.

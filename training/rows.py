@@ -149,14 +149,17 @@ def collate(rows: Sequence[PackedRow], pad_id: int, device="cpu") -> dict:
 def token_losses(model, batch: dict):
     """Cross-entropy of every scored token, shape (B, T-1), zero where not scored; and the
     scored mask. The model gets position ids and no attention mask (see the module doc)."""
+    import torch
     import torch.nn.functional as F
 
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[:, :-1]
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.clamp(min=0).reshape(-1),
-                             reduction="none").view_as(targets)
-    return losses * mask, mask
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    # Shift the labels, not the logits: slicing logits[:, :-1] copies the whole (B, T, vocab)
+    # tensor, a full extra copy of the largest activation with a 128k-152k vocabulary.
+    labels = batch["labels"]
+    targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE)], dim=1)
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                             reduction="none").view_as(targets)[:, :-1]
+    return losses, targets[:, :-1] != IGNORE
 
 
 def per_example_losses(model, batch: dict) -> dict[tuple[int, int], float]:
