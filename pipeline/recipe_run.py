@@ -1,0 +1,108 @@
+"""``mathsynth run --recipe FILE``: the recipe's stages in order on this machine.
+
+Each stage runs through its own commands (``mathsynth synth train --config ...``), as a user or
+a Slurm job would run them: the resolved config is written to ``<workdir>/configs/<stage>.yaml``
+and every step is a child process, the sharded ones as ``shards`` processes at once
+(``--shard i/N``). Child logs go to ``<workdir>/logs/``; the terminal gets one line per step.
+A stage whose last folder is complete is skipped; a partial one is resumed by its own commands
+(the stage contract), so a killed ``mathsynth run`` rerun goes on where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from data.errors import ConfigError, UserError
+from pipeline.recipe import (
+    ORDER,
+    Recipe,
+    ResolvedStage,
+    Step,
+    load_recipe,
+    plan_lines,
+    stage_state,
+)
+
+
+class StepFailed(UserError):
+    """A stage command exited non-zero; its log says why."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe YAML (configs/recipes/)")
+    parser.add_argument("--from", dest="first", choices=ORDER, help="start at this stage")
+    parser.add_argument("--to", dest="last", choices=ORDER, help="stop after this stage")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan with each stage's state; run nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    stages = selected_stages(recipe, args.first, args.last)
+    if args.dry_run:
+        print("\n".join(plan_lines(recipe, stages)))
+        return 0
+    run_recipe(recipe, stages)
+    return 0
+
+
+def selected_stages(recipe: Recipe, first: str | None, last: str | None) -> list[ResolvedStage]:
+    names = [stage.name for stage in recipe.stages]
+    for flag, name in (("--from", first), ("--to", last)):
+        if name is not None and name not in names:
+            raise ConfigError(f"{flag} {name}: not a stage of {recipe.path} (it has {', '.join(names)})")
+    start = names.index(first) if first else 0
+    stop = names.index(last) + 1 if last else len(names)
+    if start >= stop:
+        raise ConfigError(f"--from {first} comes after --to {last}")
+    return recipe.stages[start:stop]
+
+
+def run_recipe(recipe: Recipe, stages: list[ResolvedStage]) -> None:
+    configs, logs = recipe.workdir / "configs", recipe.workdir / "logs"
+    configs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        if stage_state(stage.final_output) == "complete":
+            print(f"{stage.name}: complete ({stage.final_output}); skipped", flush=True)
+            continue
+        config_file = configs / f"{stage.name}.yaml"
+        config_file.write_text(yaml.safe_dump(stage.raw, sort_keys=False))
+        started = time.monotonic()
+        for step in stage.kind.steps:
+            run_step(stage, step, config_file, logs)
+        print(f"{stage.name}: {stage_state(stage.final_output)} in {time.monotonic() - started:.0f} s "
+              f"({stage.final_output})", flush=True)
+
+
+def run_step(stage: ResolvedStage, step: Step, config_file: Path, logs: Path) -> None:
+    shards = stage.shards if step.sharded else 1
+    label = " ".join(step.command)
+    print(f"{stage.name}: {label}" + (f" ({shards} shards)" if shards > 1 else "") + " ...", flush=True)
+    processes = []
+    for index in range(shards):
+        command = [sys.executable, "-m", "pipeline", *step.command, "--config", str(config_file)]
+        if step.sharded:
+            command += ["--shard", f"{index}/{shards}"]
+        log_path = logs / f"{stage.name}-{'-'.join(step.command)}-{index}.log"
+        log = open(log_path, "a", encoding="utf-8")
+        processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, log_path))
+    failed = []
+    for process, log, log_path in processes:
+        code = process.wait()
+        log.close()
+        if code != 0:
+            failed.append((code, log_path))
+    if failed:
+        code, log_path = failed[0]
+        last = _last_line(log_path)
+        raise StepFailed(f"stage {stage.name}: `mathsynth {label}` exited {code}: {last} (log: {log_path})")
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
