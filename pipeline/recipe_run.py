@@ -90,7 +90,8 @@ def run_step(stage: ResolvedStage, step: Step, config_file: Path, logs: Path) ->
             command += ["--shard", f"{index}/{shards}"]
         log_path = logs / f"{stage.name}-{'-'.join(step.command)}-{index}.log"
         log = open(log_path, "a", encoding="utf-8")
-        processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log, log_path))
+        processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent),
+                          log, log_path))
     failed = []
     for process, log, log_path in processes:
         code = process.wait()
@@ -101,6 +102,16 @@ def run_step(stage: ResolvedStage, step: Step, config_file: Path, logs: Path) ->
         code, log_path = failed[0]
         last = _last_line(log_path)
         raise StepFailed(f"stage {stage.name}: `mathsynth {label}` exited {code}: {last} (log: {log_path})")
+
+
+def _die_with_parent() -> None:
+    """A killed ``mathsynth run`` takes its stage processes with it (Linux): an orphan would go on
+    holding its shard's lock, and the rerun would find the shard busy."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _last_line(path: Path) -> str:

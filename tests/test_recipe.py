@@ -155,3 +155,58 @@ def test_a_failing_step_stops_the_run_with_its_last_log_line(tiny_model, tmp_pat
     assert [s.name for s in selected_stages(recipe, "pretrain", None)] == ["pretrain"]
     with pytest.raises(ConfigError, match="--from pretrain comes after --to synth_train"):
         selected_stages(recipe, "pretrain", "synth_train")
+
+
+RUN_RECIPE = """
+import sys
+from pipeline.recipe import load_recipe
+from pipeline.recipe_run import run_recipe
+recipe = load_recipe(sys.argv[1])
+run_recipe(recipe, recipe.stages)
+"""
+
+
+def stage_processes(config_file: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if config_file.encode() in cmdline.read_bytes():
+                found.append(cmdline.parent.name)
+        except OSError:
+            continue
+    return found
+
+
+def test_a_killed_run_takes_its_stage_processes_with_it_and_a_rerun_completes(tiny_model, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.recipe_run import run_recipe
+    from pretrain.plan import TokenArrays
+
+    recipe_path = write_recipe(tmp_path, training_recipe(tmp_path, tiny_model))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", RUN_RECIPE, str(recipe_path)], env=env, cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "synth-model" / "batches.jsonl").exists():
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(signal.SIGKILL)  # mid synth train
+    process.wait()
+    config_file = str(tmp_path / "recipe" / "configs" / "synth_train.yaml")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and stage_processes(config_file):
+        time.sleep(0.1)
+    assert not stage_processes(config_file)  # the stage process died with it
+    assert not json.loads((tmp_path / "synth-model" / "manifest.json").read_text())["complete"]
+
+    recipe = load_recipe(recipe_path)
+    run_recipe(recipe, recipe.stages)
+    assert json.loads((tmp_path / "final" / "manifest.json").read_text())["complete"]
+    arrays = TokenArrays(tmp_path / "tokens", 2)
+    assert len(arrays.index) == 40 + 24  # every document once
