@@ -104,6 +104,40 @@ def run_step(stage: ResolvedStage, step: Step, config_file: Path, logs: Path) ->
         raise StepFailed(f"stage {stage.name}: `mathsynth {label}` exited {code}: {last} (log: {log_path})")
 
 
+def status_lines(recipe: Recipe) -> list[str]:
+    """``mathsynth status --recipe``: per stage and folder, its state (shards sealed, running,
+    missing), records, rejects by reason, and tokens and cost so far."""
+    from runner.status import read_state
+
+    lines = [f"recipe {recipe.path}"]
+    for number, stage in enumerate(recipe.stages, start=1):
+        lines.append(f"{number}. {stage.name}")
+        for key, folder in stage.outputs.items():
+            if stage_state(folder) == "not started":
+                lines.append(f"   {key}: {folder}: not started")
+                continue
+            state = read_state(folder)
+            lines.append(f"   {key}: {state.line(_facts(state.manifest))}")
+    return lines
+
+
+def _facts(manifest: dict) -> str:
+    """Records, rejects by reason, tokens and cost, from a manifest's counts and usage."""
+    counts, usage = manifest.get("counts", {}), manifest.get("usage", {})
+    parts = [f"{counts['records']} records"] if "records" in counts else []
+    for key, value in counts.items():
+        if isinstance(value, dict) and value and "reject" in key:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(value.items(), key=lambda kv: -kv[1]))
+            parts.append(f"{key}: {reasons}")
+    tokens = sum(v for k, v in usage.items() if k.endswith("tokens") and isinstance(v, (int, float)))
+    if tokens:
+        parts.append(f"{int(tokens)} tokens")
+    cost = manifest.get("cost_usd") or usage.get("cost_usd")
+    if cost:
+        parts.append(f"${cost:.4f}")
+    return "; ".join(parts)
+
+
 def _die_with_parent() -> None:
     """A killed ``mathsynth run`` takes its stage processes with it (Linux): an orphan would go on
     holding its shard's lock, and the rerun would find the shard busy."""

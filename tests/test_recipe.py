@@ -210,3 +210,16 @@ def test_a_killed_run_takes_its_stage_processes_with_it_and_a_rerun_completes(ti
     assert json.loads((tmp_path / "final" / "manifest.json").read_text())["complete"]
     arrays = TokenArrays(tmp_path / "tokens", 2)
     assert len(arrays.index) == 40 + 24  # every document once
+
+
+def test_status_of_a_recipe_names_each_stage_folder_and_its_state(tiny_model, tmp_path):
+    from pipeline.recipe_run import run_recipe, status_lines
+
+    recipe = load_recipe(write_recipe(tmp_path, training_recipe(tmp_path, tiny_model)))
+    before = status_lines(recipe)
+    assert before[1:] == ["1. synth_train", f"   output: {tmp_path / 'synth-model'}: not started", "2. pretrain",
+                          f"   tokenized: {tmp_path / 'tokens'}: not started", f"   output: {tmp_path / 'final'}: not started"]
+    run_recipe(recipe, recipe.stages[:1])
+    after = status_lines(recipe)
+    assert after[2].startswith(f"   output: {tmp_path / 'synth-model'}: synth-train complete")
+    assert after[4].endswith("not started")
