@@ -1,5 +1,5 @@
 """The ``mathsynth`` command: every stage's own command as a subcommand, plus ``generate``,
-``status``, ``tiny-model`` and ``demo``.
+``status``, ``tiny-model``, ``models`` and ``demo``.
 
 Every failure the user can fix (config, input data, output folder, engine) ends the run with
 one line on stderr and exit 2, before anything is half-written (see :mod:`runner.cli`).
@@ -15,6 +15,7 @@ from pathlib import Path
 from distill import cli as distill_cli
 from eval import cli as eval_cli
 from influence import cli as influence_cli
+from pipeline import models_cli
 from pretrain import cli as pretrain_cli
 from runner.cli import (
     add_run_args,
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("tiny-model", help="build the tiny local model used by tests and the demo")
     tiny.add_argument("--out", required=True)
     tiny.add_argument("--seed", type=int, default=0)
+
+    models_cli.configure(commands.add_parser("models", help="import a model: import-gguf FILE --out DIR"))
 
     demo = commands.add_parser("demo", help="the embedded default run: tiny model, sample corpus, CPU")
     demo.add_argument("--workdir", default="runs/demo")
@@ -126,6 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"generate": cmd_generate, "status": cmd_status, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
+            "models": models_cli.run,
             **{name: module.run for name, (module, _) in STAGE_COMMANDS.items()}}
 
 
