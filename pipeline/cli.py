@@ -1,5 +1,5 @@
 """The ``mathsynth`` command: every stage's own command as a subcommand, plus ``generate``,
-``status``, ``tiny-model``, ``models`` and ``demo``.
+``run`` (a whole recipe), ``status``, ``tiny-model``, ``models`` and ``demo``.
 
 Every failure the user can fix (config, input data, output folder, engine) ends the run with
 one line on stderr and exit 2, before anything is half-written (see :mod:`runner.cli`).
@@ -12,10 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+from data.errors import ConfigError
 from distill import cli as distill_cli
 from eval import cli as eval_cli
 from influence import cli as influence_cli
-from pipeline import models_cli
+from pipeline import models_cli, recipe_run
 from pretrain import cli as pretrain_cli
 from runner.cli import (
     add_run_args,
@@ -48,8 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="template -> engine -> outputs over a corpus (sharded, resumable)")
     add_run_args(generate)
 
+    recipe_run.configure(commands.add_parser("run", help="a recipe's stages in order on this machine "
+                                                         "(complete ones skipped, a partial one resumed)"))
+
     status = commands.add_parser("status", help="where stage outputs stand: pending, partial i of N, complete")
-    status.add_argument("folders", nargs="+", metavar="FOLDER")
+    status.add_argument("folders", nargs="*", metavar="FOLDER")
+    status.add_argument("--recipe", help="every stage folder of a recipe, with records, rejects, tokens and cost")
 
     tiny = commands.add_parser("tiny-model", help="build the tiny local model used by tests and the demo")
     tiny.add_argument("--out", required=True)
@@ -79,6 +84,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     """One line per folder; exit 0 when every folder is complete, 1 otherwise (for scripts)."""
     from runner.status import read_state
 
+    if args.recipe:
+        from pipeline.recipe import load_recipe
+        from pipeline.recipe_run import recipe_complete, status_lines
+
+        recipe = load_recipe(args.recipe)
+        print("\n".join(status_lines(recipe)))
+        return 0 if recipe_complete(recipe) else 1
+    if not args.folders:
+        raise ConfigError("status: give stage folders or --recipe FILE")
     states = [read_state(folder) for folder in args.folders]
     for state in states:
         print(state.line())
@@ -129,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"generate": cmd_generate, "status": cmd_status, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
-            "models": models_cli.run,
+            "models": models_cli.run, "run": recipe_run.run,
             **{name: module.run for name, (module, _) in STAGE_COMMANDS.items()}}
 
 

@@ -104,6 +104,10 @@ def run_step(stage: ResolvedStage, step: Step, config_file: Path, logs: Path) ->
         raise StepFailed(f"stage {stage.name}: `mathsynth {label}` exited {code}: {last} (log: {log_path})")
 
 
+def recipe_complete(recipe: Recipe) -> bool:
+    return all(stage_state(stage.final_output) == "complete" for stage in recipe.stages)
+
+
 def status_lines(recipe: Recipe) -> list[str]:
     """``mathsynth status --recipe``: per stage and folder, its state (shards sealed, running,
     missing), records, rejects by reason, and tokens and cost so far."""

@@ -223,3 +223,24 @@ def test_status_of_a_recipe_names_each_stage_folder_and_its_state(tiny_model, tm
     after = status_lines(recipe)
     assert after[2].startswith(f"   output: {tmp_path / 'synth-model'}: synth-train complete")
     assert after[4].endswith("not started")
+
+
+def test_the_commands_run_and_status_take_a_recipe(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    path = write_recipe(tmp_path, training_recipe(tmp_path, tiny_model))
+
+    def mathsynth(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=REPO_ROOT)
+
+    dry = mathsynth("run", "--recipe", str(path), "--dry-run", "--to", "synth_train")
+    assert dry.returncode == 0 and dry.stdout.splitlines()[1].startswith("1. synth_train (synth train): output")
+    assert not (tmp_path / "synth-model").exists()  # a dry run writes nothing
+    status = mathsynth("status", "--recipe", str(path))
+    assert status.returncode == 1 and "not started" in status.stdout  # 1: not complete (for scripts)
+    ran = mathsynth("run", "--recipe", str(path), "--to", "synth_train")
+    assert ran.returncode == 0 and "synth_train: complete in" in ran.stdout
+    bad = mathsynth("run", "--recipe", str(path), "--from", "eval")
+    assert bad.returncode == 2 and bad.stderr.strip() == (f"mathsynth run: error: --from eval: not a stage of {path} "
+                                                          f"(it has synth_train, pretrain)")
