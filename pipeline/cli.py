@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="where stage outputs stand: pending, partial i of N, complete")
     status.add_argument("folders", nargs="*", metavar="FOLDER")
     status.add_argument("--recipe", help="every stage folder of a recipe, with records, rejects, tokens and cost")
+    recipe_run.add_shared_overrides(status)
 
     tiny = commands.add_parser("tiny-model", help="build the tiny local model used by tests and the demo")
     tiny.add_argument("--out", required=True)
@@ -86,9 +87,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if args.recipe:
         from pipeline.recipe import load_recipe
-        from pipeline.recipe_run import recipe_complete, status_lines
+        from pipeline.recipe_run import recipe_complete, shared_overrides, status_lines
 
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, shared_overrides(args.shared))
         print("\n".join(status_lines(recipe)))
         return 0 if recipe_complete(recipe) else 1
     if not args.folders:

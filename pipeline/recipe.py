@@ -112,11 +112,13 @@ class Recipe:
         return next(s for s in self.stages if s.name == name)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path, shared: dict[str, Any] | None = None) -> Recipe:
     """Every stage's config, resolved and validated, in run order; a mistake anywhere is one line
-    naming the recipe, the stage and the key, before anything runs."""
+    naming the recipe, the stage and the key, before anything runs. ``shared``: values laid over
+    the recipe's own ``shared`` (``--set shared.NAME=VALUE``)."""
     path = Path(path)
     recipe = validate(RecipeFile, read_yaml_mapping(path), source=str(path))
+    recipe.shared.update(shared or {})
     unknown = [name for name in recipe.stages if name not in STAGES]
     if unknown:
         raise ConfigError(f"{path}: stages.{unknown[0]}: not a stage (stages: {', '.join(ORDER)})")

@@ -38,10 +38,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="first", choices=ORDER, help="start at this stage")
     parser.add_argument("--to", dest="last", choices=ORDER, help="stop after this stage")
     parser.add_argument("--dry-run", action="store_true", help="print the plan with each stage's state; run nothing")
+    add_shared_overrides(parser)
+
+
+def add_shared_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="shared", action="append", default=[], metavar="shared.NAME=VALUE",
+                        help="a shared value of the recipe, e.g. --set shared.corpus=/data/corpus (repeatable)")
+
+
+def shared_overrides(assignments: list[str]) -> dict:
+    """``shared.NAME=VALUE`` (the value read as YAML) -> {NAME: VALUE}."""
+    found = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key.startswith("shared.") or len(key) == len("shared."):
+            raise ConfigError(f"--set {assignment!r}: expected shared.NAME=VALUE")
+        found[key[len("shared."):]] = yaml.safe_load(raw) if raw.strip() else ""
+    return found
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, shared_overrides(args.shared))
     stages = selected_stages(recipe, args.first, args.last)
     if args.dry_run:
         print("\n".join(plan_lines(recipe, stages)))

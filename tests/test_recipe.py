@@ -244,3 +244,40 @@ def test_the_commands_run_and_status_take_a_recipe(tiny_model, tmp_path):
     bad = mathsynth("run", "--recipe", str(path), "--from", "eval")
     assert bad.returncode == 2 and bad.stderr.strip() == (f"mathsynth run: error: --from eval: not a stage of {path} "
                                                           f"(it has synth_train, pretrain)")
+
+
+def test_the_shipped_paper_recipe_validates_once_its_placeholders_are_filled(tiny_model, tmp_path):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "x"}])
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}])
+    shared = {"corpus": str(corpus), "proxy_model": str(tiny_model), "synthesizer_base": str(tiny_model),
+              "final_base": str(tiny_model), "sft_corpus": str(sft), "root": str(tmp_path / "run")}
+    recipe = load_recipe(REPO_ROOT / "configs" / "recipes" / "jiuzhang3.yaml", shared=shared)
+    assert [s.name for s in recipe.stages] == ["influence", "distill", "synth_train", "synth_generate",
+                                                "synth_filter", "pretrain", "eval"]
+    distill, train = recipe.stage("distill").config, recipe.stage("synth_train").config
+    assert distill.input.paths == [str(tmp_path / "run" / "influence" / "selection")]
+    assert distill.teacher.budget.max_calls == 9300 and distill.sampling.temperature == 0.6
+    assert (train.learning_rate, train.epochs, train.weight_decay, train.max_length) == (1e-5, 5, 0.1, 2048)
+    pretrain = recipe.stage("pretrain").config
+    assert pretrain.sources[0].paths == [str(tmp_path / "run" / "synthetic-filtered")]
+    assert pretrain.schedule.kind == "wsd" and pretrain.per_device_batch_size * pretrain.gradient_accumulation_steps * 8 == 512
+    assert recipe.stage("eval").config.engine.model == str(tmp_path / "run" / "model")
+    with pytest.raises(ConfigError, match=r"jiuzhang3.yaml: stages.influence: model: /ckpt/proxy-1b does not exist"):
+        load_recipe(REPO_ROOT / "configs" / "recipes" / "jiuzhang3.yaml")  # the placeholders as shipped
+
+
+def test_shared_values_can_be_set_on_the_command_line(tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "x"}])
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}])
+    sets = [f"shared.{k}={v}" for k, v in {"corpus": corpus, "proxy_model": tiny_model, "synthesizer_base": tiny_model,
+                                            "final_base": tiny_model, "sft_corpus": sft, "root": tmp_path / "run"}.items()]
+    command = [sys.executable, "-m", "pipeline", "run", "--recipe", "configs/recipes/jiuzhang3.yaml", "--dry-run"]
+    done = subprocess.run([*command, *(a for s in sets for a in ("--set", s))], capture_output=True, text=True,
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 8 and "7. eval (eval run x8 shards)" in done.stdout
+    bad = subprocess.run([*command, "--set", "corpus=/x"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode == 2 and "expected shared.NAME=VALUE" in bad.stderr
