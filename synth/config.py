@@ -35,7 +35,6 @@ class SynthTrainConfig(TrainingSettings):
     and the synthesizer recipe's defaults."""
 
     data: TrainData
-    packing: bool = Field(True, description="several examples per row, attention kept within each")
     epochs: int = Field(5, ge=1)
 
 

@@ -113,7 +113,7 @@ def train_model(settings: TrainingSettings, accelerator, data: TrainingData, tok
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per optimizer step
 
-    if getattr(settings, "packing", True):
+    if settings.packing:
         gap = check_isolation(model, len(tokenizer))
         if gap > ISOLATION_ATOL:
             raise ConfigError(f"packing: this model lets packed examples attend to each other (logit gap {gap:.2g}); "

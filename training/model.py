@@ -55,11 +55,12 @@ def save_trained_model(accelerator, model, tokenizer, settings: TrainingSettings
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped = accelerator.unwrap_model(model)
-        if _sharded(accelerator) and (settings.lora is not None or accelerator.mixed_precision == "bf16"):
+        rebuild = _sharded(accelerator) and (settings.lora is not None or accelerator.mixed_precision == "bf16")
+        if rebuild:
             # The unwrapped FSDP module still holds shards: saving it from one process would
             # wait forever on a gather the others never join. Rebuild it whole from the state.
             unwrapped = load_for_training(settings.model_copy(update={"gradient_checkpointing": False}))
-        if settings.lora is not None or unwrapped is not accelerator.unwrap_model(model):
+        if rebuild or settings.lora is not None:
             unwrapped.load_state_dict(state_dict)
         if settings.lora is not None:
             unwrapped.save_pretrained(tmp / "adapter")  # the delta alone, small, for inspection

@@ -41,6 +41,8 @@ class TrainingSettings(StrictConfig):
     # Operational: where the folder lives does not change the model in it (a moved run resumes).
     output: str = operational(..., min_length=1, description="the result: an HF checkpoint folder (plus checkpoints/)")
     max_length: int = Field(2048, ge=8, description="tokens per packed row")
+    packing: bool = Field(True, description="several examples per row, attention kept within each "
+                                            "(checked on the model at start)")
     learning_rate: float = Field(1e-5, gt=0)
     schedule: Schedule = Field(default_factory=Schedule)
     weight_decay: float = Field(0.1, ge=0.0)
