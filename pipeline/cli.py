@@ -1,5 +1,5 @@
 """The ``mathsynth`` command: every stage's own command as a subcommand, plus ``generate``,
-``run`` (a whole recipe), ``status``, ``tiny-model``, ``models`` and ``demo``.
+``run`` (a whole recipe), ``submit`` (a recipe as Slurm jobs), ``status``, ``tiny-model``, ``models`` and ``demo``.
 
 Every failure the user can fix (config, input data, output folder, engine) ends the run with
 one line on stderr and exit 2, before anything is half-written (see :mod:`runner.cli`).
@@ -16,7 +16,7 @@ from data.errors import ConfigError
 from distill import cli as distill_cli
 from eval import cli as eval_cli
 from influence import cli as influence_cli
-from pipeline import models_cli, recipe_run
+from pipeline import models_cli, recipe_run, recipe_submit
 from pretrain import cli as pretrain_cli
 from runner.cli import (
     add_run_args,
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipe_run.configure(commands.add_parser("run", help="a recipe's stages in order on this machine "
                                                          "(complete ones skipped, a partial one resumed)"))
+    recipe_submit.configure(commands.add_parser("submit", help="a recipe as a chain of Slurm jobs (arrays + afterok; "
+                                                               "complete steps skipped, missing shards resubmitted)"))
 
     status = commands.add_parser("status", help="where stage outputs stand: pending, partial i of N, complete")
     status.add_argument("folders", nargs="*", metavar="FOLDER")
@@ -144,7 +146,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"generate": cmd_generate, "status": cmd_status, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
-            "models": models_cli.run, "run": recipe_run.run,
+            "models": models_cli.run, "run": recipe_run.run, "submit": recipe_submit.submit,
             **{name: module.run for name, (module, _) in STAGE_COMMANDS.items()}}
 
 

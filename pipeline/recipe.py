@@ -68,6 +68,9 @@ STAGES: dict[str, StageKind] = {
     "eval": StageKind("eval.run:EvalConfig", ("engine.model",), ("output",), (Step(("eval", "run"), True),)),
 }
 ORDER = tuple(STAGES)
+# An output whose manifest is not at its top: featurize's folder holds the target features (a
+# cache) beside its candidates store, the stage output the runner keeps.
+MANIFEST_SUBFOLDER = {("influence", "featurize.output"): "candidates"}
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 
@@ -100,6 +103,11 @@ class ResolvedStage:
     @property
     def final_output(self) -> str:
         return self.outputs[self.kind.outputs[-1]]
+
+    def state_folder(self, key: str) -> str:
+        """The folder of output ``key`` that holds its manifest: where its state is read."""
+        sub = MANIFEST_SUBFOLDER.get((self.name, key))
+        return str(Path(self.outputs[key]) / sub) if sub else self.outputs[key]
 
 
 @dataclass
@@ -260,6 +268,7 @@ def plan_lines(recipe: Recipe, stages: list[ResolvedStage] | None = None) -> lis
         number = recipe.stages.index(stage) + 1
         steps = ", ".join(" ".join(step.command) + (f" x{stage.shards} shards" if step.sharded and stage.shards > 1 else "")
                           for step in stage.kind.steps)
-        states = ", ".join(f"{key} {folder} [{stage_state(folder)}]" for key, folder in stage.outputs.items())
+        states = ", ".join(f"{key} {folder} [{stage_state(stage.state_folder(key))}]"
+                           for key, folder in stage.outputs.items())
         lines.append(f"{number}. {stage.name} ({steps}): {states}")
     return lines

@@ -34,10 +34,15 @@ class StepFailed(UserError):
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    add_recipe_args(parser, dry_run_help="print the plan with each stage's state; run nothing")
+
+
+def add_recipe_args(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
+    """The arguments of every command that takes a recipe (run, submit)."""
     parser.add_argument("--recipe", required=True, help="recipe YAML (configs/recipes/)")
     parser.add_argument("--from", dest="first", choices=ORDER, help="start at this stage")
     parser.add_argument("--to", dest="last", choices=ORDER, help="stop after this stage")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan with each stage's state; run nothing")
+    parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
     add_shared_overrides(parser)
 
 
@@ -127,18 +132,22 @@ def recipe_complete(recipe: Recipe) -> bool:
 
 def status_lines(recipe: Recipe) -> list[str]:
     """``mathsynth status --recipe``: per stage and folder, its state (shards sealed, running,
-    missing), records, rejects by reason, and tokens and cost so far."""
+    missing), records, rejects by reason, and tokens and cost so far; and the Slurm jobs
+    ``mathsynth submit`` submitted for it, with their states where Slurm says."""
+    from pipeline.recipe_submit import job_status_lines
     from runner.status import read_state
 
+    jobs = job_status_lines(recipe)
     lines = [f"recipe {recipe.path}"]
     for number, stage in enumerate(recipe.stages, start=1):
         lines.append(f"{number}. {stage.name}")
         for key, folder in stage.outputs.items():
-            if stage_state(folder) == "not started":
+            if stage_state(stage.state_folder(key)) == "not started":
                 lines.append(f"   {key}: {folder}: not started")
                 continue
-            state = read_state(folder)
+            state = read_state(stage.state_folder(key))
             lines.append(f"   {key}: {state.line(_facts(state.manifest))}")
+        lines += jobs.get(stage.name, [])
     return lines
 
 

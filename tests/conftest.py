@@ -44,6 +44,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts=sample_texts())
 
 
+@pytest.fixture(scope="module")
+def slurm():
+    """A local Slurm for the tests of one module (tests/slurm_cluster.py), or a skip with the
+    reason where this machine cannot run one."""
+    from slurm_cluster import slurm_cluster_or_skip
+
+    cluster = slurm_cluster_or_skip()
+    yield cluster
+    cluster.stop()
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from conftest import sample_texts, write_jsonl
 from influence_helpers import assert_same_selection, make_config, read_selection
-from slurm_cluster import slurm_cluster_or_skip
 
 from data.samples import SAMPLE_CORPUS
 
@@ -34,13 +33,6 @@ TOKENIZER_TEXTS = [
     "The area of a circle of radius r is \\pi r^2.",
     "Find the sum of the first 10 positive integers: \\boxed{55}.",
 ] * 10
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    cluster = slurm_cluster_or_skip()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
