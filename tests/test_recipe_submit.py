@@ -370,3 +370,25 @@ def test_a_failing_step_cancels_every_job_after_it(slurm, base_model, tmp_path):
     assert not (tmp_path / "tokens").exists()
     log = next((tmp_path / "work" / "logs").glob("synth_train-synth-train-*.log")).read_text()
     assert "sft_raw.jsonl:1: a raw row needs string fields prompt and completion" in log
+
+
+@pytest.mark.slow
+def test_with_an_accelerate_config_pretrain_train_runs_accelerate_launch_through_srun(slurm, base_model, tmp_path):
+    qa = [{"text": f"## Question\nWhat is {i} + {i}?\n\n## Solution\n{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}\n"}
+          for i in range(24)]
+    data = write_jsonl(tmp_path / "qa.jsonl", qa)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "workdir": str(tmp_path / "work"),
+        "stages": {"pretrain": {"config": {"model": str(base_model), "tokenized": str(tmp_path / "tokens"),
+                                           "output": str(tmp_path / "final"), "sources": [{"paths": [str(data)]}],
+                                           "max_length": 128, "per_device_batch_size": 2, "save_steps": 1000},
+                                "shards": 2}}}))
+    cluster = write_cluster(tmp_path, f"train: {{accelerate_config: {REPO_ROOT}/configs/accelerate/cpu-2proc.yaml}}\n")
+    submit(slurm, recipe, cluster)
+    wait_until_idle(slurm, tmp_path / "work", timeout_s=180)
+    states = states_of(slurm, tmp_path / "work")
+    assert list(states["pretrain tokenize"].values()) == ["COMPLETED"] * 2, job_logs(tmp_path / "work")
+    assert list(states["pretrain train"].values()) == ["COMPLETED"], job_logs(tmp_path / "work")
+    result = json.loads((tmp_path / "final" / "manifest.json").read_text())
+    assert result["complete"] and result["stats"]["processes"] == 2  # the accelerate file's 2 CPU processes
