@@ -7,7 +7,6 @@ one line on stderr and exit 2, before anything is half-written (see :mod:`runner
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from data.errors import ConfigError
 from distill import cli as distill_cli
 from eval import cli as eval_cli
 from influence import cli as influence_cli
-from pipeline import models_cli, recipe_run, recipe_submit
+from pipeline import demo, models_cli, recipe_run, recipe_submit
 from pretrain import cli as pretrain_cli
 from runner.cli import (
     add_run_args,
@@ -27,10 +26,6 @@ from runner.cli import (
     shard_of,
 )
 from synth import cli as synth_cli
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-DEMO_EVAL_CONFIG = REPO_ROOT / "configs" / "demo-eval.yaml"
 
 STAGE_COMMANDS = {
     "eval": (eval_cli, "benchmarks: run a model, score predictions, grade answers"),
@@ -65,9 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cli.configure(commands.add_parser("models", help="import a model: import-gguf FILE --out DIR"))
 
-    demo = commands.add_parser("demo", help="the embedded default run: tiny model, sample corpus, CPU")
-    demo.add_argument("--workdir", default="runs/demo")
-    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.configure(commands.add_parser("demo", help="the whole recipe on the embedded default (tiny model, sample "
+                                                    "corpus, stand-in teacher, CPU): configs/recipes/demo.yaml"))
 
     for name, (module, help_text) in STAGE_COMMANDS.items():
         module.configure(commands.add_parser(name, help=help_text))
@@ -109,43 +103,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the tiny model once, then run every built stage on the embedded default: generate
-    over the shipped sample corpus, then evaluate on a benchmark slice, on one vLLM engine."""
-    from data.samples import SAMPLE_CORPUS
-    from data.shards import Shard
-    from eval.run import EvalConfig, EvalStage
-    from llm.factory import make_engine
-    from llm.tiny import build_tiny_model
-    from pipeline.generate import GenerateConfig, GenerateStage
-    from runner.config import load_config
-    from runner.run import run_stage
-
-    # vLLM on CPU reserves this many GiB for its KV cache; the tiny model needs little.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    workdir = Path(args.workdir)
-    model_dir = workdir / "tiny-model"
-    if not (model_dir / "config.json").exists():
-        logging.info("building the tiny model in %s", model_dir)
-        build_tiny_model(model_dir)
-    overrides = [
-        f"engine.model={model_dir}",
-        f"output={workdir / 'generate'}",
-        f"input.paths=[{SAMPLE_CORPUS}]",  # the installed copy, wherever we run from
-        *args.overrides,
-    ]
-    generate = GenerateStage(load_config(GenerateConfig, DEMO_CONFIG, overrides), config_dir=DEMO_CONFIG.parent)
-    evaluate = EvalStage(load_config(EvalConfig, DEMO_EVAL_CONFIG,
-                                     [f"engine.model={model_dir}", f"output={workdir / 'eval'}"]))
-    with make_engine(generate.config.engine) as engine:  # one engine start for both steps
-        report(generate, run_stage(generate, Shard(0, 1), engine=engine))
-        manifest = run_stage(evaluate, Shard(0, 1), engine=engine)
-    print((Path(evaluate.config.output) / "report.md").read_text(), end="")
-    report(evaluate, manifest)
-    return 0
-
-
-HANDLERS = {"generate": cmd_generate, "status": cmd_status, "tiny-model": cmd_tiny_model, "demo": cmd_demo,
+HANDLERS = {"generate": cmd_generate, "status": cmd_status, "tiny-model": cmd_tiny_model, "demo": demo.run,
             "models": models_cli.run, "run": recipe_run.run, "submit": recipe_submit.submit,
             **{name: module.run for name, (module, _) in STAGE_COMMANDS.items()}}
 

@@ -83,7 +83,7 @@ class StageEntry(StrictConfig):
 
 class RecipeFile(StrictConfig):
     workdir: str | None = Field(None, description="the recipe's own files (resolved configs, logs); "
-                                                  "default runs/recipes/<recipe file name>")
+                                                  "default runs/recipes/<recipe file name>; may use ${shared.NAME}")
     shared: dict[str, Any] = Field(default_factory=dict)
     stages: dict[str, StageEntry] = Field(..., min_length=1)
 
@@ -141,7 +141,8 @@ def load_recipe(path: str | Path, shared: dict[str, Any] | None = None) -> Recip
         outputs = {key: str(_lookup(config.model_dump(mode="json"), key)) for key in kind.outputs}
         _check_inputs(config, kind, resolved, where)
         resolved.append(ResolvedStage(name, config, raw, outputs, entry.shards))
-    workdir = Path(recipe.workdir) if recipe.workdir else Path("runs") / "recipes" / path.stem
+    workdir = (Path(_substitute(recipe.workdir, recipe.shared, {}, ORDER[0], f"{path}: workdir")) if recipe.workdir
+               else Path("runs") / "recipes" / path.stem)
     return Recipe(path, workdir, resolved)
 
 

@@ -84,21 +84,41 @@ def selected_stages(recipe: Recipe, first: str | None, last: str | None) -> list
     return recipe.stages[start:stop]
 
 
-def run_recipe(recipe: Recipe, stages: list[ResolvedStage]) -> None:
+def run_recipe(recipe: Recipe, stages: list[ResolvedStage]) -> dict[str, float | None]:
+    """Run ``stages``; returns each stage's wall seconds (None: already complete, skipped). The
+    seconds of every run are also kept in ``<workdir>/timings.json`` (the demo's summary reads them)."""
     configs, logs = recipe.workdir / "configs", recipe.workdir / "logs"
     configs.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float | None] = {}
     for stage in stages:
         if stage_state(stage.final_output) == "complete":
             print(f"{stage.name}: complete ({stage.final_output}); skipped", flush=True)
+            seconds[stage.name] = None
             continue
         config_file = configs / f"{stage.name}.yaml"
         config_file.write_text(yaml.safe_dump(stage.raw, sort_keys=False))
         started = time.monotonic()
         for step in stage.kind.steps:
             run_step(stage, step, config_file, logs)
-        print(f"{stage.name}: {stage_state(stage.final_output)} in {time.monotonic() - started:.0f} s "
+        seconds[stage.name] = time.monotonic() - started
+        record_seconds(recipe, stage.name, seconds[stage.name])
+        print(f"{stage.name}: {stage_state(stage.final_output)} in {seconds[stage.name]:.0f} s "
               f"({stage.final_output})", flush=True)
+    return seconds
+
+
+TIMINGS = "timings.json"
+
+
+def record_seconds(recipe: Recipe, stage: str, seconds: float) -> None:
+    """The stage's wall time in this run (rounded), added to ``<workdir>/timings.json``."""
+    from data.storage import atomic_write_json, read_json
+
+    path = recipe.workdir / TIMINGS
+    timings = read_json(path) if path.is_file() else {}
+    timings[stage] = round(seconds, 1)
+    atomic_write_json(path, timings)
 
 
 def run_step(stage: ResolvedStage, step: Step, config_file: Path, logs: Path) -> None:

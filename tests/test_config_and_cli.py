@@ -7,8 +7,8 @@ from conftest import REPO_ROOT
 
 from data.errors import ConfigError
 from pipeline.cli import main
-from runner.config import load_config
 from pipeline.generate import GenerateConfig
+from runner.config import load_config
 
 GOOD = """
 input: {paths: [corpus.jsonl]}
@@ -24,8 +24,8 @@ def _config(tmp_path, text=GOOD):
     return path
 
 
-def test_the_demo_config_validates():
-    config = load_config(GenerateConfig, REPO_ROOT / "configs" / "demo.yaml")
+def test_the_generate_example_config_validates():
+    config = load_config(GenerateConfig, REPO_ROOT / "configs" / "generate-example.yaml")
     assert config.engine.kind == "vllm" and config.sampling.max_tokens > 0
 
 

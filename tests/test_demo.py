@@ -1,0 +1,93 @@
+"""``mathsynth demo``: the demo recipe end to end on real vLLM (CPU) with the stand-in teacher,
+killed with SIGKILL in the middle of synth train and rerun: every stage folder complete, nothing
+lost or duplicated; a third run redoes nothing. Runs from a folder outside the repository, as a
+user would after ``pip install``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+def demo(workdir: Path, cwd: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "demo", "--workdir", str(workdir), *extra], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+def records(folder: Path) -> list[dict]:
+    rows = []
+    for part in sorted(folder.glob("part-*.jsonl")):
+        rows += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def test_the_demo_runs_every_stage_survives_a_kill_and_a_rerun_redoes_nothing(tmp_path):
+    workdir = tmp_path / "demo"
+    first = demo(workdir, tmp_path)
+    checkpoints = workdir / "synthesizer" / "checkpoints"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and first.poll() is None and not any(checkpoints.glob("step-*")):
+        time.sleep(0.2)
+    assert first.poll() is None, first.communicate()[0][-3000:]
+    first.send_signal(signal.SIGKILL)  # mid synth train, one checkpoint written
+    assert "STAND-IN" in first.communicate()[0]  # the output says the teacher is a stand-in
+    assert not manifest(workdir / "synthesizer")["complete"]
+
+    out = finish(demo(workdir, tmp_path), timeout=900)
+    assert "influence: complete (" in out and "synth_train: complete in" in out  # done before the kill; resumed
+    for folder in ("influence/selection", "distill", "synthesizer", "synthetic", "synthetic-filtered",
+                   "pretrain-tokens", "model", "eval"):
+        assert manifest(workdir / folder)["complete"], folder
+    assert "vLLM" not in out and "INFO" not in out  # engine and stage logs went to files
+    assert list((workdir / "recipe" / "logs").glob("synth_generate-*.log"))
+
+    selection = manifest(workdir / "influence" / "selection")["counts"]["records"]
+    distilled = records(workdir / "distill")
+    assert len(distilled) == len({r["id"] for r in distilled}) == manifest(workdir / "distill")["counts"]["records"]
+    assert len(distilled) == selection  # every selected text distilled once (no rejects from the stand-in)
+
+    train = manifest(workdir / "synthesizer")
+    assert train["stats"]["resumed_from_step"] is not None  # the rerun went on from the checkpoint
+    steps = [json.loads(line)["step"] for line in (workdir / "synthesizer" / "batches.jsonl").read_text().splitlines()]
+    assert sorted(set(steps)) == list(range(1, train["counts"]["steps"] + 1))
+
+    generated = records(workdir / "synthetic")
+    assert len(generated) == len({r["id"] for r in generated}) == 96
+    assert sum(r["parse_error"] is None for r in generated) > 0  # the trained synthesizer writes parseable problems
+    kept = records(workdir / "synthetic-filtered")  # a tiny model's problems: often none survive
+    assert len(kept) == manifest(workdir / "synthetic-filtered")["counts"]["records"]
+    sources = {s["name"]: s for s in manifest(workdir / "model")["stats"]["sources"]}
+    assert sources["synthetic"]["documents"] == len(kept) and sources["distill-sft"]["documents"] == len(distilled)
+    graded = records(workdir / "eval")
+    assert len(graded) == len({(r["benchmark"], r["problem_id"]) for r in graded}) == 40
+
+    table = out[out.index("stage "):]
+    for stage in ("influence", "distill", "synth_train", "synth_generate", "synth_filter", "pretrain", "eval"):
+        assert any(line.startswith(stage + " ") and "complete" in line for line in table.splitlines()), table
+    assert "no_solution" in table or "empty" in table  # rejects by reason
+
+    started = time.monotonic()
+    again = finish(demo(workdir, tmp_path), timeout=120)
+    assert time.monotonic() - started < 60
+    assert again.count("; skipped") == 7 and "STAND-IN" not in again  # nothing redone, no teacher started
+    assert records(workdir / "synthetic") == generated
