@@ -161,6 +161,19 @@ def _map(path: Path, dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r")
 
 
+def sft_documents_without_loss(plan: Plan, arrays: TokenArrays) -> int:
+    """SFT documents whose kept part (the first ``max_length`` tokens) holds no answer token: the
+    prompt fills the row, so they train nothing. Worth a warning: ``max_length`` is too short."""
+    seg_phase = np.repeat(plan.row_phase, np.diff(plan.row_ptr))
+    empty = set()
+    for s in np.flatnonzero(seg_phase == SFT_PHASE).tolist():
+        doc = int(plan.seg_doc[s])
+        _, loss = arrays.segment(doc, int(plan.seg_start[s]), int(plan.seg_length[s]))
+        if not loss[1:].any():
+            empty.add(doc)
+    return len(empty)
+
+
 class PlannedRows:
     """The pretrain run's data for :func:`training.loop.train_model`."""
 

@@ -17,12 +17,12 @@ from data.errors import InputError
 from data.storage import MANIFEST, ShardWriter, describe_input, read_json
 from pretrain.config import PretrainConfig
 from pretrain.plan import (
-    LENGTH,
     PHASE_NAMES,
     SOURCE,
     PlannedRows,
     TokenArrays,
     build_plan,
+    sft_documents_without_loss,
 )
 from pretrain.tokenize import TokenizeStage, read_sources_file
 from training.loop import global_batch_rows, steps_for, train_model
@@ -63,6 +63,7 @@ class PretrainStage(TrainingStage):
         global_rows = global_batch_rows(self.config, world)
         total_steps = steps_for(plan.rows, self.config, world)
         stats = plan_stats(plan, arrays.index, self.config, total_steps * global_rows)
+        stats["sft_documents_without_loss"] = sft_documents_without_loss(plan, arrays)
         return PlannedRows(plan, arrays, global_rows, total_steps, stats)
 
     def train(self, train_log: ShardWriter | None) -> dict[str, Any]:
@@ -73,6 +74,10 @@ class PretrainStage(TrainingStage):
         if data.stats["rows_not_trained"]:
             log.warning("%d rows after the last whole global batch are not trained on",
                         data.stats["rows_not_trained"])
+        if data.stats["sft_documents_without_loss"]:
+            log.warning("%d SFT documents keep no answer token within max_length %d (the prompt fills the row): "
+                        "they train nothing; raise max_length", data.stats["sft_documents_without_loss"],
+                        self.config.max_length)
         return train_model(self.config, self.accelerator, data, tokenizer, train_log)
 
     def model_card(self, stats: dict[str, Any]) -> str:

@@ -218,6 +218,15 @@ def test_every_pretraining_row_comes_before_any_sft_row_and_weights_give_their_p
     assert not np.array_equal(other.seg_doc, plan.seg_doc)
 
 
+def test_sft_documents_whose_prompt_fills_the_row_are_counted(tiny_model, tmp_path):
+    long_prompt = "Read this carefully. " * 200  # far more than 64 tokens
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": long_prompt, "completion": "The answer is 4."},
+                                               {"prompt": "Short?", "completion": "The answer is 5."}])
+    config = make_config(tiny_model, {}, tmp_path, max_length=64, per_device_batch_size=1, gradient_accumulation_steps=1,
+                         sources=[{"paths": str(sft), "name": "sft"}])
+    assert planned_rows(config).stats["sft_documents_without_loss"] == 1
+
+
 def test_packed_rows_give_the_same_per_document_losses_as_unpacked(tiny_model, datasets, tmp_path):
     from llm.loading import load_model
 
