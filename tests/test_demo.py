@@ -72,7 +72,7 @@ def test_the_demo_runs_every_stage_survives_a_kill_and_a_rerun_redoes_nothing(tm
     assert sorted(set(steps)) == list(range(1, train["counts"]["steps"] + 1))
 
     generated = records(workdir / "synthetic")
-    assert len(generated) == len({r["id"] for r in generated}) == 96
+    assert len(generated) == len({r["id"] for r in generated}) == 192
     assert sum(r["parse_error"] is None for r in generated) > 0  # the trained synthesizer writes parseable problems
     kept = records(workdir / "synthetic-filtered")  # a tiny model's problems: often none survive
     assert len(kept) == manifest(workdir / "synthetic-filtered")["counts"]["records"]
