@@ -23,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--output", help="output folder (default runs/eval/<model>-<setting>)")
 
     score = verbs.add_parser("score", help="grade completions produced elsewhere; last line is the accuracy")
-    score.add_argument("--benchmark", required=True)
+    score.add_argument("--benchmark", required=True,
+                       help="a shipped name (gsm8k) or a custom benchmark YAML (configs/benchmarks/example_custom.yaml)")
     score.add_argument("--predictions", required=True, help="JSONL, one row per problem")
     score.add_argument("--field", required=True, help="the field holding the completion or answer")
     score.add_argument("--id-field", help="match rows to problems by this field (default: by order)")

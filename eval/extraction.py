@@ -1,9 +1,24 @@
 """Find the final answer in a completion or a gold solution, and read plain numbers.
 
 Order (JiuZhang3.0, NeMo-Skills): the last ``\\boxed{}`` (brace matched), then an explicit
-answer phrase ("The answer is", "answer is:", "Answer:", "####"), then the last number.
-Multiple choice has its own reader (:func:`extract_choice`) that never takes a letter out of
-LaTeX (``\\Delta E``) or the article "A".
+answer phrase ("The answer is", "answer is:", "Answer:", "####", and the same phrase in a few
+other languages: "答案是", "La respuesta es", "Die Antwort ist", "La réponse est", "Ответ:",
+...), then the last number. Multiple choice has its own reader (:func:`extract_choice`) that
+never takes a letter out of LaTeX (``\\Delta E``) or the article "A".
+
+Several boxes, one rule (:func:`boxed_answer`): the answer is the last box joined (", ") with
+each box before it that only list glue separates from the next box of the group. Glue: once
+LaTeX spacing, math delimiters, ``\\text{}`` wrappers, list bullets at the start of a line
+("- ", "2. ", "(b) ") and labels naming the next box ("x =", "(x, y) =") are read away, what
+is left is at most 40 characters, holds no digit, and is only punctuation or ends in "and",
+"or", "as well as", "also", a comma or a semicolon. So ``\\boxed{(1,2)}, \\boxed{(3,4)}``,
+"x = \\boxed{2} or x = \\boxed{3}" and boxes on bulleted lines are one list answer, while
+"\\boxed{1}, no wait: \\boxed{2}" (a correction) or working between two boxes (a step, then
+the result) leave only the last box. A box repeated verbatim in a group counts once.
+
+A "bare" answer (the whole text is the answer) is never prose: no sentence, no more than two
+words, and no letters of a script other than Latin or Greek (a Chinese or Arabic sentence
+that ends in a number is prose whose last number is a guess, not a stated answer).
 
 Everything here is plain string work (regexes without nested quantifiers, linear scans): it
 runs in the caller's process on every graded pair, so it must be fast and can never hang.
@@ -42,24 +57,32 @@ class Located:
 
 _WRAPPER_RE = re.compile(r"\\(?:text|textbf|textrm|textit|textnormal|mbox|mathrm|mathbf)\s*\{([^{}]*)\}")
 _LATEX_SPACING_RE = re.compile(r"\\(?:q?quad|[,;:! ])|\\[()\[\]]|\$|\\\\|~")
-_BOX_LABEL_RE = re.compile(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*$")
-_CONNECTOR_RE = re.compile(r"(?:^|[\s,;])(?:and|or)[\s,;]*$|^[\s,;.]*$|[,;]\s*$", re.IGNORECASE)
+# A name for what follows: "x", "a_1", "f(x)", "\theta", or a tuple of them "(x, y)".
+_NAME = r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?\w+\}?)?(?:\([A-Za-z](?:\s*,\s*[A-Za-z])*\))?"
+_BOX_LABEL_RE = re.compile(rf"(?:{_NAME}|\(\s*{_NAME}(?:\s*,\s*{_NAME})+\s*\))\s*=\s*$")
+# A list bullet opening a line ("- ", "* ", "2. ", "3) "), or a part label anywhere ("(b) ")
+_BULLET_RE = re.compile(r"\n\s*(?:[-*•]|\d{1,2}[.)])\s+|(?:^|\s)\([a-z]\)\s+")
+_CONNECTOR_RE = re.compile(
+    r"(?:^|[\s,;])(?:and|or|as\s+well\s+as|also)[\s,;]*$|^[\s,;.&]*$|[,;]\s*$", re.IGNORECASE
+)
 
 
 def _joins_boxes(between: str) -> bool:
-    """Whether the text between two boxes is only list glue ("and", ",", "\\quad").
+    """Whether the text between two boxes is only list glue (the module doc's one rule).
 
     "x = \\boxed{2} or \\boxed{3}" is one answer {2, 3}; "\\boxed{1}, no, wait: \\boxed{2}" is a
     correction whose answer is 2. Short digit-free glue ending in a connector counts
     ("\\text{ for part (a) and }"); anything longer is prose.
     """
     cleaned = _LATEX_SPACING_RE.sub(" ", _WRAPPER_RE.sub(r" \1 ", between))
-    cleaned = _BOX_LABEL_RE.sub("", cleaned).strip()  # "and y_2 = \boxed{..}": a label, not prose
+    cleaned = _BULLET_RE.sub(" ", cleaned)
+    cleaned = _BOX_LABEL_RE.sub("", cleaned.rstrip()).strip()  # "and y_2 = \boxed{..}": a label
     return len(cleaned) <= 40 and not re.search(r"\d", cleaned) and bool(_CONNECTOR_RE.search(cleaned))
 
 
 def boxed_answer(text: str) -> str | None:
-    """The last box, joined (", ") with the boxes just before it that only connectors separate."""
+    """The last box, joined (", ") with the boxes before it that only list glue separates
+    (the module doc's rule); a box repeated verbatim counts once."""
     boxes = _boxes(text)
     if not boxes:
         return None
@@ -68,13 +91,28 @@ def boxed_answer(text: str) -> str | None:
         if not _joins_boxes(text[box[1] : group[0][0]]):
             break
         group.insert(0, box)
-    return ", ".join(content for _, _, content in group)
+    contents = list(dict.fromkeys(content.strip() for _, _, content in group))
+    return ", ".join(contents)
 
 
 # --- "The answer is ..." ----------------------------------------------------------------
 
-_ANCHOR_RE = re.compile(r"(?:\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####)", re.IGNORECASE)
-_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\n|\s+I hope\b")
+# "The answer is" and "Answer:" in the languages models answer in most; each is one cheap
+# alternative, so a completion in Chinese or Spanish states its answer as an English one does.
+# CJK phrases have no \b: there are no spaces between CJK words.
+ANSWER_PHRASES = (
+    r"\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####"
+    r"|\brespuesta(?:\s+(?:final|correcta))?\s+es\s*:?|\brespuesta(?:\s+final)?\s*:"  # es
+    r"|\br[ée]ponse(?:\s+(?:finale|correcte))?\s+est\s*:?|\br[ée]ponse(?:\s+finale)?\s*:"  # fr
+    r"|\bantwort\s+(?:ist|lautet)\s*:?|\bantwort\s*:"  # de
+    r"|\brisposta(?:\s+(?:finale|corretta))?\s+(?:è|e)\s*:?|\brisposta\s*:"  # it
+    r"|\bresposta(?:\s+(?:final|correta))?\s+(?:é|e)\s*:?|\bresposta\s*:"  # pt
+    r"|\bответ(?:\s+(?:равен|будет))?\s*[:—-]?(?=\s)|\bответ\s*:"  # ru
+    r"|答案\s*(?:是|为|為)\s*[:：]?|答案\s*[:：]|答\s*[:：]|答えは|答え\s*[:：]|정답은|답은"  # zh, ja, ko
+    r"|(?:الجواب|الإجابة)(?:\s+(?:هو|هي))?\s*:?"  # ar
+)
+_ANCHOR_RE = re.compile(f"(?:{ANSWER_PHRASES})", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|[。！？]|\n|\s+I hope\b")
 _OPENERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 
 
@@ -88,7 +126,7 @@ class _Anchored:
     def answer(self) -> str:
         if self.is_span:
             return self.segment
-        answer = strip_math_delimiters(self.segment).strip(" \t*").rstrip(".,;:").strip()
+        answer = strip_math_delimiters(self.segment).strip(" \t*").rstrip(".,;:，；：").strip()
         return _QUOTES_RE.sub("", answer).strip()  # 'The final answer is \"$12$ and $13$\".'
 
 
@@ -106,7 +144,7 @@ def _segment_after(rest: str) -> tuple[str, bool]:
             # "$18." is a price, not an open math span: a span must close in the same paragraph
             if end != -1 and "\n\n" not in rest[:end]:
                 after = rest[end + len(closer) :]
-                if re.match(r"\s*(?:[.,;:]|\n|$|I hope)", after):
+                if re.match(r"\s*(?:[.,;:。，；]|\n|$|I hope)", after):
                     return rest[len(opener) : end].strip().rstrip(".").strip(), True
             break
     cut = _SENTENCE_END_RE.search(rest)
@@ -131,9 +169,11 @@ def anchored_answer(text: str) -> str | None:
 # --- free text fallbacks ----------------------------------------------------------------
 
 # A number not glued to a preceding letter, digit or dot ("AZYUK2A" has none, "x2" neither),
-# with optional comma thousands separators (groups of three) and decimals. Number answers also
-# take a decimal comma ("2,74"); expressions do not, where "1,22" is the list {1, 22}.
-_NUMBER_BODY = r"(?<![A-Za-z0-9_.])[-+]?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|(?<![\w.])[-+]?\.\d+"
+# with optional comma digit grouping and decimals: Western groups of three ("1,234,567") or
+# Indian lakh/crore groups ("12,34,567": twos, then a final three). Number answers also take a
+# decimal comma ("2,74"); expressions do not, where "1,22" is the list {1, 22}.
+_GROUPED = r"\d{1,3}(?:,\d{3})+(?![\d,])|\d{1,2}(?:,\d{2})+,\d{3}(?![\d,])"
+_NUMBER_BODY = rf"(?<![A-Za-z0-9_.])[-+]?(?:{_GROUPED}|\d+)(?:\.\d+)?|(?<![\w.])[-+]?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER_BODY)
 _NUMBER_DECIMAL_COMMA_RE = re.compile(r"(?<![A-Za-z0-9_.,])[-+]?\d+,(?:\d{1,2}|\d{4,})(?![\d,])|" + _NUMBER_BODY)
 
@@ -160,7 +200,7 @@ def strip_math_delimiters(text: str) -> str:
     return re.sub(r"\$|\\[()\[\]]", " ", text).strip()
 
 
-_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}(?![A-Za-z])")
+_WORD_RE = re.compile(r"(?<![\\\w])[^\W\d_]{3,}(?![^\W\d_])")  # any script: "réponse" is one word
 _PROSE_WORD_RE = re.compile(
     r"\b(?:is|are|was|were|be|the|so|we|it|of|to|that|this|thus|hence|therefore|which|then|get|has|have)\b",
     re.IGNORECASE,
@@ -172,7 +212,8 @@ def bare_answer(text: str) -> str | None:
 
     Gold fields are usually bare answers, and so are many `pred` fields given to the grade CLI.
     Prose (more than two words outside LaTeX, a word like "is" or "the", a sentence ending in a
-    full stop, several math spans, paragraphs) is not.
+    full stop, several math spans, paragraphs, any letter of a script other than Latin or
+    Greek) is not.
     """
     stripped = text.strip()
     for opener, closer in _OPENERS:
@@ -185,9 +226,20 @@ def bare_answer(text: str) -> str | None:
     outside_latex = re.sub(r"\\[A-Za-z]+", " ", _WRAPPER_RE.sub(" ", stripped))
     if len(stripped) > 300 or len(_WORD_RE.findall(outside_latex)) > 2 or _PROSE_WORD_RE.search(outside_latex):
         return None
+    if any(ch.isalpha() and not _math_letter(ch) for ch in outside_latex):
+        return None
     if re.search(r"[A-Za-z]{2,}[.!?]\s*$", outside_latex):  # a sentence: "I give up."
         return None
     return stripped
+
+
+def _math_letter(ch: str) -> bool:
+    """Letters that math answers are written in: Latin (with accents), Greek (pi, theta) and
+    letterlike symbols (ℝ, ℕ). A CJK, Arabic, Cyrillic... letter means words, so prose: their
+    sentences have no spaces or few words of three Latin letters, so no word count catches
+    them."""
+    code = ord(ch)
+    return code <= 0x024F or 0x0370 <= code <= 0x03FF or 0x1E00 <= code <= 0x1EFF or 0x2100 <= code <= 0x214F
 
 
 # --- numbers ----------------------------------------------------------------------------
@@ -230,10 +282,10 @@ def parse_number(text: str | None, decimal_comma: bool = False) -> tuple[Fractio
     """(value, is_percent) when ``text`` is one plain number, else None.
 
     Plain means: an integer or decimal (leading zeros allowed, so "016" == 16), a fraction
-    "3/4" or "\\frac{3}{4}", with thousands separators ("7,425,000", "1 000", "11,\\!111"), a
-    currency sign, a degree sign, a percent sign (flagged), a unit ("5 apples",
+    "3/4" or "\\frac{3}{4}", with digit grouping ("7,425,000", "1 000", "11,\\!111", Indian
+    "1,23,456"), a currency sign, a degree sign, a percent sign (flagged), a unit ("5 apples",
     "15\\text{ cm}^2", "2.74€") and a single-variable assignment ("x = 5") around it. A comma that
-    is not a thousands separator ("1,22") makes it a list, not a number (math-verify decides),
+    is not digit grouping ("1,22") makes it a list, not a number (math-verify decides),
     unless ``decimal_comma`` (number answers, which are never lists): then "1,22" is 1.22.
     "2x", "3\\sqrt{2}", "1e5" are not plain numbers either.
     """
@@ -247,15 +299,19 @@ def parse_number(text: str | None, decimal_comma: bool = False) -> tuple[Fractio
     if (mark := _PERCENT_RE.search(s)) and mark.start() > 0:
         s, percent = s[: mark.start()], True
     s = s.strip()
-    head = re.match(r"[+-]?(?:[1-9]\d{0,2}(?:(,|\s)\d{3})(?:\1\d{3})*(?!\d)|\d+(?!\d))(?:\.\d+)?|[+-]?\.\d+", s)
+    head = re.match(
+        r"[+-]?(?:[1-9]\d{0,2}(?:(,|\s)\d{3})(?:\1\d{3})*(?!\d)|[1-9]\d?(?:,\d{2})+,\d{3}(?!\d)|\d+(?!\d))"
+        r"(?:\.\d+)?|[+-]?\.\d+",
+        s,
+    )
     if head and head.end() < len(s):
         tail = s[head.end() :]
         if _UNIT_WORDS_RE.match(tail) or _GLUED_UNIT_RE.match(tail):
             s = s[: head.end()]
             if not percent and re.match(r"\s+(?:percent|percentage|pct)\b", tail, re.IGNORECASE):
                 percent = True
-    if head and head.end() == len(s):
-        s = re.sub(r"(?<=\d)[,\s](?=\d{3})", "", s)
+    if head and head.end() == len(s):  # a well-formed grouping: every separator goes
+        s = re.sub(r"(?<=\d)[,\s](?=\d)", "", s)
     s = re.sub(r"\s*([{}/])\s*", r"\1", s).strip()
     if decimal_comma and re.fullmatch(r"[+-]?\d+,\d+", s):
         s = s.replace(",", ".")
@@ -324,6 +380,8 @@ def canonical_latex(text: str) -> str:
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    # y^{\prime\prime} is y'': one spelling of a derivative
+    s = re.sub(r"\^\s*\{((?:\s*\\prime)+)\s*\}|\^\s*\\prime(?![A-Za-z])", lambda m: "'" * max(1, m.group(0).count("prime")), s)
     s = s.replace("\\%", "%")
     s = _ASSIGNMENT_RE.sub("", s)
     return re.sub(r"\s+", "", s)
@@ -417,14 +475,26 @@ def extract_answer(text: str | None, answer_type: AnswerType = "expression", cho
 
 _LETTER_WRAP = r"(?:\\(?:text|textbf|mathrm|mathbf|mathit)\s*\{\s*)?"
 # After the letter: the end, punctuation, a closing bracket, or a space then something that is
-# not a word: "A triangle" is the article; "A) 12", "A $12$" and "C is correct" are choices.
-_LETTER_END = r"\s*\}?\)?(?=\s*$|\s*[.,;:!*$}\])\n]|\s+[(\d$\\-]|\s+(?:is|as)\b)"
+# not a word: "A triangle" is the article; "A) 12", "A $12$", "C is correct", "C since ..." and
+# "C because ..." are choices.
+_LETTER_END = (
+    r"\s*\}?\)?(?=\s*$|\s*[.,;:!*$}\])\n—–]|\s+[(\d$\\-]"
+    r"|\s+(?:is|was|as|since|because|which|so|given|and|but)\b)"
+)
+# Where a choice is stated: an answer phrase (any language the anchor reader knows), "option",
+# "choice", "my pick", "I'd choose / select / go with", then an optional "is" / "would be".
+_CHOICE_PHRASES = (
+    rf"{ANSWER_PHRASES}|\boption|\bchoice|\bpick|\bselection"
+    r"|\bI(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|select|go\s+with)"
+)
 
 
 @lru_cache(maxsize=16)
 def _letter_patterns(letters: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     letter = rf"\$?\s*\(?{_LETTER_WRAP}\(?([{letters}])"
-    anchor = re.compile(rf"(?i:\banswer\s+is|\banswer\s*\**\s*:|\boption|\bchoice|####)[*\s:]*{letter}{_LETTER_END}")
+    anchor = re.compile(
+        rf"(?i:{_CHOICE_PHRASES})(?i:\s+(?:is|was|would\s+be|will\s+be))?[*\s:]*{letter}{_LETTER_END}"
+    )
     # the final line is a letter ("C", "(C)", "**C.**"), or starts with one and its option text
     # ("C. x = 42", "(C) 12"); "A triangle ..." has no period or bracket after the "A"
     lone = re.compile(rf"^[*\s]*\$?\(?{_LETTER_WRAP}([{letters}])(?:\}}?\)?\$?[.:]?[*\s]*$|[.)]\s)")
@@ -455,11 +525,15 @@ def _option_match(answer: str, choices: Sequence[str], letters: str) -> str | No
 def extract_choice(text: str, n_choices: int = 5, choices: Sequence[str] | None = None) -> str | None:
     """The option letter ``text`` picks, or None.
 
-    Preference: a boxed letter; an answer phrase ("answer is (C)", "Answer: C", "option C");
-    a final line that is just a letter; a "(C)" on the final line; last, the text of one option
-    stated as the answer (boxed, after an answer phrase, or the last number). Letters count only
-    as whole tokens at those places, so ``\\Delta E`` or ``\\mathrm{E}`` in the working and the
-    article "A" never do.
+    Preference: a boxed letter; an answer phrase ("answer is (C)", "Answer: C", "option C",
+    "my pick is C, since ...", "La respuesta es C"); a final line that is just a letter; a
+    "(C)" on the final line; last, the text of one option stated as the answer (boxed, after an
+    answer phrase, or the whole text). Letters count only as whole tokens at those places, so
+    ``\\Delta E`` or ``\\mathrm{E}`` in the working and the article "A" never do.
+
+    Nothing is credited from text that states no answer: a completion that loops or is cut
+    off mid-working (its last line repeats an earlier one, or it ends in the list of options)
+    gives None, even when its last number or math span is some option's text.
     """
     letters = "ABCDEFGHIJ"[: max(1, min(n_choices, 10))]
     anchor_re, lone_re, paren_re = _letter_patterns(letters)
@@ -469,14 +543,24 @@ def extract_choice(text: str, n_choices: int = 5, choices: Sequence[str] | None 
     anchors = list(anchor_re.finditer(text))
     if anchors:
         return anchors[-1].group(1)
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    if lines:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines and not _repeats_or_lists_options(lines, lone_re):
         if lone := lone_re.match(lines[-1]):
             return lone.group(1)
         if parens := paren_re.findall(lines[-1]):
             return parens[-1]
     if choices:
-        for candidate in (boxed, anchored_answer(text), last_number(text)):
+        # stated answers only: a last number is a guess, and on a looping or cut-off
+        # completion it is whatever step the text stopped at
+        for candidate in (boxed, anchored_answer(text), bare_answer(text)):
             if candidate and (letter := _option_match(candidate, choices, letters)):
                 return letter
     return None
+
+
+def _repeats_or_lists_options(lines: list[str], lone_re: re.Pattern[str]) -> bool:
+    """The final line is no answer when it repeats an earlier line (the text loops) or the
+    line before it also starts with an option letter (the text ends listing the options)."""
+    if lines[-1] in lines[:-1]:
+        return True
+    return len(lines) > 1 and bool(lone_re.match(lines[-2]) and lone_re.match(lines[-1]))

@@ -14,6 +14,23 @@ steps:
 
 :func:`answers_equal` and :func:`grade_text` run the slow path in-process with no time bound:
 use them on trusted inputs only; use :class:`Grader` / :func:`grade` on model output.
+
+Policies the fast path enforces before math-verify may say "equal" (math-verify is lenient
+exactly where a false "equal" is worst):
+
+* An equation never equals a bare value. A left side that only names a quantity ("x = 3",
+  "a_1 = 3", "f(x) = 3", "(x, y) = (1, 2)", "AB = 4", "A:B = 1:2") labels the value, so
+  "x = 3" equals "3" and "y = 2x + 1" equals "2x + 1" and also the equation "2x - y + 1 = 0";
+  a left side with a digit or a "+"/"-" ("x + y = 3", "2x = 6", "x^2 = 4") makes an equation,
+  which is not "3" or "6" (math-verify compares an equation with its right-hand side). A
+  chain "x = 5 + 6 = 11" is its last member.
+* Derivatives count: "g'(t)" is not "g(t)" (math-verify drops the prime). The number of
+  primes (``'`` or ``\\prime``) must agree, labels aside ("f'(x) = 2x" is "2x").
+* Brackets say what an answer is, and the gold says which reading applies: a gold that is a
+  bare comma list ("1, 9", a MATH "enter all solutions") is a list, so a prediction that
+  wraps the same list in brackets ("[1, 9]", "\\{1, 9\\}", "(1, 9)") is read as that list. A
+  bracketed gold keeps its brackets' meaning: "[1, 9]" is the closed interval (LaTeX and MATH
+  convention), which the two numbers "1, 9" are not. Not symmetric, on purpose.
 """
 from __future__ import annotations
 
@@ -27,7 +44,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
 
@@ -58,6 +75,103 @@ class Verdict:
     detail: str | None = None  # why, for "error" and "timeout"
 
 
+# --- forms that differ, whatever math-verify says ------------------------------------------
+
+# One "=" that is not part of "<=", ">=", "!=", ":=", "==".
+_EQUALS_RE = re.compile(r"(?<![<>!:=\\])=(?!=)")
+_PRIME_RE = re.compile(r"(?<=[A-Za-z)}'])'|\\prime(?![A-Za-z])")
+# What separates the items of a list answer: "x = 2, y = 3", "p = 1 \text{ and } p = 2".
+_ITEM_GLUE_RE = re.compile(r"\\text\s*\{\s*(?:,|and|or)?\s*\}|\\q?quad(?![A-Za-z])|\\\\|\band\b|\bor\b|;")
+
+
+def _names_a_quantity(lhs: str) -> bool:
+    """Whether the left side of "=" only names what the answer gives: a symbol ("x", "a_1",
+    "f(x)", "g'(t)", "\\theta"), a tuple of them, or a quantity written with names only
+    ("AB", "|AB|", "A:B", "\\frac{NO}{BO}"). A digit (subscripts aside) or a "+"/"-" makes it
+    an expression, so the answer is an equation: "x + y = 3", "2x = 6", "x^2 = 4"."""
+    s = re.sub(r"_\{[^{}]*\}|_\w|\\(?:left|right)(?![A-Za-z])|\\[,;:! ]|\s", "", lhs)
+    return bool(s) and not re.search(r"\d|[-+<>]|\\(?:pm|mp|cdot|times)(?![A-Za-z])", s)
+
+
+def _form(answer: str) -> tuple[str, str, str]:
+    """(kind, the values without their labels, the labels) of an answer. kind is "equation"
+    when an item relates expressions, "value" when no item has an "=" (or only a chain such
+    as "x = 5 + 6 = 11", whose last member is its value), else "assignment"."""
+    s = re.sub(r"\$|\\(?:left|right)(?![A-Za-z])", "", answer)
+    kinds, values, labels = set(), [], []
+    for item in _items(_ITEM_GLUE_RE.sub(",", s)):
+        equals = list(_EQUALS_RE.finditer(_depth0(item)))
+        if len(equals) != 1:
+            kinds.add("value")
+            values.append(item)
+        elif _names_a_quantity(item[: equals[0].start()]):
+            kinds.add("assignment")
+            labels.append(item[: equals[0].start()])
+            values.append(item[equals[0].end() :])
+        else:
+            kinds.add("equation")
+            values.append(item)
+    kind = "equation" if "equation" in kinds else "value" if kinds == {"value"} else "assignment"
+    return kind, ",".join(values), ",".join(labels)
+
+
+def _depth0(text: str) -> str:
+    """``text`` with everything inside braces blanked: "\\sum_{k=1}" holds no equation."""
+    out, depth = [], 0
+    for ch in text:
+        depth += ch == "{"
+        out.append(ch if depth == 0 else " ")
+        depth -= ch == "}" and depth > 0
+    return "".join(out)
+
+
+def forms_differ(gold: str, pred: str) -> bool:
+    """True when the two answers are different kinds of object whatever their values (the
+    module doc's policies): an equation against a value, or a different number of primes.
+    Primes in labels count when both sides have labels ("f'(x) = 2x" is not "f(x) = 2x") and
+    not otherwise ("f'(x) = 2x" is "2x")."""
+    (gold_kind, gold_values, gold_labels), (pred_kind, pred_values, pred_labels) = _form(gold), _form(pred)
+    if {gold_kind, pred_kind} == {"equation", "value"}:
+        return True
+    if gold_labels and pred_labels and len(_PRIME_RE.findall(gold_labels)) != len(_PRIME_RE.findall(pred_labels)):
+        return True
+    return len(_PRIME_RE.findall(gold_values)) != len(_PRIME_RE.findall(pred_values))
+
+
+_OPEN_CLOSE = {"[": "]", "(": ")", "\\{": "\\}"}
+
+
+def _items(text: str) -> list[str]:
+    """``text`` split at its commas outside any bracket."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
+
+
+def list_as_gold_reads_it(gold: str, pred: str) -> str:
+    """``pred`` without its enclosing brackets when the gold is a bare comma list and ``pred``
+    is the bracketed list of as many items ("[1, 9]" against "1, 9"); else ``pred`` unchanged."""
+    bare_gold = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", gold).strip().strip("$").strip()
+    if bare_gold[:1] in "([{\\" or parse_number(bare_gold) is not None:
+        return pred
+    n_items = len(_items(bare_gold))
+    inner = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", pred).strip().strip("$").strip()
+    for opener, closer in _OPEN_CLOSE.items():
+        if n_items >= 2 and inner.startswith(opener) and inner.endswith(closer):
+            body = inner[len(opener) : -len(closer)]
+            # the opener must close at the very end: "(1, 2), (3, 4)" is a list of two pairs
+            if _items(body) and len(_items(body)) == n_items and _items(inner)[0] == inner:
+                return body.strip()
+    return pred
+
+
 # --- fast path ----------------------------------------------------------------------------
 
 
@@ -79,6 +193,8 @@ def fast_verdict(
     canonical = canonical_latex(gold)
     if canonical and canonical == canonical_latex(pred):
         return True
+    if answer_type == "expression" and forms_differ(gold, pred):
+        return False  # even for a guess: math-verify on the text would only repeat the leniency
     decimal_comma = answer_type == "number"  # number answers are never lists
     gold_number, pred_number = parse_number(gold, decimal_comma), parse_number(pred, decimal_comma)
     if gold_number is not None and pred_number is not None:
@@ -135,7 +251,8 @@ def _numerically_close(a: Any, b: Any, rel_tol: float) -> bool:
             if isinstance(a, sympy.Integer) or isinstance(b, sympy.Integer):
                 rel_tol = min(rel_tol, INTEGER_REL_TOL)  # as on the fast path: 10455 is not 10456
             x, y = complex(sympy.N(a, 20)), complex(sympy.N(b, 20))
-            return math.isfinite(abs(x)) and abs(x - y) <= rel_tol * max(abs(x), abs(y))
+            # both finite: a value past float range (2^2005) is inf, and inf - 12 <= 1e-4 * inf
+            return math.isfinite(abs(x)) and math.isfinite(abs(y)) and abs(x - y) <= rel_tol * max(abs(x), abs(y))
     except (TypeError, ValueError, ArithmeticError):
         return False
     return False
@@ -215,14 +332,18 @@ def prepare(
         return Verdict(False, None, pred.answer, "error", "no answer found in the gold text")
     if pred.answer is None:
         return Verdict(False, gold.answer, None, "no_answer")
-    fast = fast_verdict(gold.answer, pred.answer, answer_type, rel_tol=rel_tol, final=gold.strong and pred.strong)
+    # what is compared; the verdict still shows the prediction as written
+    compared = replace(pred, answer=list_as_gold_reads_it(gold.answer, pred.answer)) if answer_type == "expression" else pred
+    fast = fast_verdict(gold.answer, compared.answer or "", answer_type, rel_tol=rel_tol, final=gold.strong and pred.strong)
     if fast is not None:
         return Verdict(fast, gold.answer, pred.answer, "match" if fast else "mismatch")
-    return _SlowJob(_math_input(gold), _math_input(pred), gold.answer, pred.answer, not gold.strong, not pred.strong)
+    return _SlowJob(_math_input(gold), _math_input(compared), gold.answer, pred.answer, not gold.strong, not pred.strong)
 
 
 def answers_equal(gold: str, pred: str, answer_type: AnswerType, *, rel_tol: float = REL_TOL) -> bool:
     """Whether two already extracted answers are equal. Unbounded time on the slow path."""
+    if answer_type == "expression":
+        pred = list_as_gold_reads_it(gold, pred)
     fast = fast_verdict(gold, pred, answer_type, rel_tol=rel_tol)
     if fast is not None:
         return fast

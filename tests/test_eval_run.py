@@ -121,6 +121,31 @@ def test_eval_score_grades_predictions_made_elsewhere(tmp_path):
     assert failing.returncode == 2 and f"{bad}:2: malformed JSON" in failing.stderr
 
 
+def test_eval_score_takes_a_custom_benchmark_yaml(tmp_path):
+    """--benchmark may be a custom benchmark YAML; its relative data path is read from the
+    YAML's folder (not the working directory), and a bad YAML is one line naming key or line."""
+    folder = tmp_path / "my_bench"
+    (folder / "data").mkdir(parents=True)
+    problems = [{"q": "1+1?", "a": 2}, {"q": "2+3?", "a": 5}, {"q": "3+4?", "a": 7}]
+    (folder / "data" / "rows.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
+    config = folder / "bench.yaml"
+    config.write_text("name: tiny_custom\npath: data/rows.jsonl\nquestion_field: q\nanswer_field: a\nanswer_type: number\n")
+    predictions = tmp_path / "preds.jsonl"
+    predictions.write_text("".join(json.dumps({"out": text}) + "\n" for text in ["The answer is 2.", "答案是 5", "The answer is 8."]))
+    result = mathsynth("eval", "score", "--benchmark", str(config), "--predictions", str(predictions), "--field", "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "tiny_custom accuracy 66.67 (2/3)"
+
+    config.write_text("name: tiny_custom\npath: data/rows.jsonl\nquestion_feild: q\nanswer_field: a\nanswer_type: number\n")
+    typo = mathsynth("eval", "score", "--benchmark", str(config), "--predictions", str(predictions), "--field", "out")
+    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
+    assert f"{config}: question_feild: unknown key" in typo.stderr
+    config.write_text("name: tiny_custom\npath: data/rows.jsonl\nquestion_field: [q\n")
+    broken = mathsynth("eval", "score", "--benchmark", str(config), "--predictions", str(predictions), "--field", "out")
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1
+    assert f"{config}:4: invalid YAML" in broken.stderr  # the stream ends with the list still open
+
+
 def test_eval_grade_prints_one_verdict_per_pair(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(p) for p in [

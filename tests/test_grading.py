@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from data.errors import InputError
 from eval.extraction import (
     extract_answer,
     extract_choice,
@@ -19,7 +20,6 @@ from eval.extraction import (
     locate_answer,
     parse_number,
 )
-from data.errors import InputError
 from eval.grade_cli import grade_pairs
 from eval.grading import Grader, answers_equal, grade, grade_text
 
@@ -143,6 +143,82 @@ def test_grade_text_free_text_both_sides():
     assert grade_text(gold, "The answer is 0.5").equal
     assert grade_text(gold, "The answer is $\\frac{2}{4}$.").equal
     assert not grade_text(gold, "The answer is $\\frac{1}{3}$.").equal
+
+
+def test_several_boxes_follow_one_rule():
+    """eval/extraction.py's module doc: boxes that only list glue separates are one answer."""
+    joined = [
+        r"\boxed{(1,2)}, \boxed{(3,4)}",
+        r"The pairs are $(x,y)=\boxed{(1,2)}$ and $(x,y)=\boxed{(3,4)}$.",
+        "Solutions:\n- $\\boxed{(1,2)}$\n- $\\boxed{(3,4)}$",
+        "1. $\\boxed{(1,2)}$\n2. $\\boxed{(3,4)}$",
+        r"\boxed{(1,2)} as well as \boxed{(3,4)}",
+        r"(a) \boxed{(1,2)} (b) \boxed{(3,4)}",
+    ]
+    for text in joined:
+        assert extract_answer(text) == "(1,2), (3,4)", text
+    assert extract_answer(r"\boxed{(1,2)}, no wait, it is \boxed{(3,4)}") == "(3,4)"  # a correction
+    assert extract_answer(r"First $\boxed{3}$, so $3+1 = \boxed{4}$.") == "4"  # a step, then the result
+    assert extract_answer(r"\boxed{1} ++++++ \boxed{4}") == "4"
+    assert extract_answer("$\\boxed{5}$\n\n$\\boxed{5}$") == "5"  # a repeated box counts once
+
+
+def test_other_languages_and_non_latin_prose():
+    for text in ("答案是 5", "最终答案为：$5$。", "La respuesta es 5.", "Die Antwort ist 5.", "La réponse est $5$.",
+                 "Ответ: 5", "الجواب هو 5", "A resposta é 5"):
+        located = locate_answer(text)
+        assert (located.answer, located.how) == ("5", "anchor"), text
+    # prose in a script without spaces is never a bare answer: its last number is only a guess
+    for text in ("所以小明有 12 个苹果", "لدى أحمد 12 تفاحة"):
+        located = locate_answer(text)
+        assert (located.answer, located.how) == ("12", "number"), text
+    assert locate_answer("2\\pi").how == "bare" and locate_answer("θ = 5").how == "bare"  # Greek is math
+
+
+def test_choice_letters_mid_sentence_and_in_markup():
+    for text in ("so my pick is C, since the others fail.", "**C**", "\\textbf{C}", "(C)",
+                 "The answer is C because 3 > 2.", "The correct option is (C).", "答案是 C", "Die Antwort ist C."):
+        assert extract_choice(text, 5) == "C", text
+
+
+def test_choice_is_never_credited_from_a_completion_that_states_none():
+    options = ["12", "13", "14", "15"]
+    looping_cut_off = "We have $x = 12$. " * 40 + "Then $x = 12"  # its last math span is option A's text
+    assert extract_choice(looping_cut_off, 4, options) is None
+    assert extract_choice("We get $x = 12$ so far, and then", 4, options) is None
+    assert extract_choice("Recheck.\nA. 12\n" * 3, 4, options) is None  # the final line repeats: a loop
+    assert extract_choice("The options are\nA. 12\nB. 13\nC. 14\nD. 15", 4, options) is None
+    verdict = grade_text("A", looping_cut_off, "choice")
+    assert (verdict.equal, verdict.reason) == (False, "no_answer")
+    # a stated option text still counts
+    assert extract_choice("The answer is 13.", 4, options) == "B"
+    assert extract_choice(r"so $\boxed{14}$", 4, options) == "C"
+    assert extract_choice("15", 4, options) == "D"
+
+
+def test_equation_and_derivative_forms_both_orders():
+    for gold, pred, equal in [("g'(t)", "g(t)", False), ("x+y=3", "3", False), ("2x = 6", "6", False),
+                              ("x = 3", "3", True), ("f(x) = 3", "3", True), ("f'(x) = 2x", "2x", True),
+                              ("f'(x) = 2x", "f(x) = 2x", False), ("y = 2x + 1", "2x - y + 1 = 0", True),
+                              ("x = 5 + 6 = 11", "11", True), ("12", "2^{2005}", False)]:
+        assert answers_equal(gold, pred, "expression") is equal, (gold, pred)
+        assert answers_equal(pred, gold, "expression") is equal, (pred, gold)
+
+
+def test_digit_grouping_indian_and_latex_spacing():
+    assert parse_number("1,23,456") == parse_number("123456") is not None
+    assert parse_number("12,\\!345") == parse_number("12345") and parse_number("1,\\!23,\\!456") == parse_number("123456")
+    assert parse_number("1,23,45") is None and parse_number("12,34,56") is None  # no final group of 3: a list
+    assert grade_text("1,23,456", "The total is Rs 1,23,456.", "number").equal
+    assert not grade_text("1,23,456", "The total is Rs 1,23,457.", "number").equal
+
+
+def test_bare_list_gold_reads_a_bracketed_prediction_as_a_list():
+    assert grade_text("1, 9", "The solutions are $\\boxed{[1, 9]}$.").equal
+    verdict = grade_text("1, 9", "[1, 9]")
+    assert verdict.equal and verdict.pred_extracted == "[1, 9]"  # shown as written
+    assert not grade_text("[1, 9]", "1, 9").equal  # an interval is not its two end points
+    assert not grade_text("1, 9", "[1, 10]").equal and not grade_text("1, 9, 10", "[1, 9]").equal
 
 
 # --- the time bound ------------------------------------------------------------------------
