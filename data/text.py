@@ -58,12 +58,17 @@ def last_boxed(text: str) -> str | None:
 
 
 # A fenced Python block, as tool-variant solutions and tool-integrated completions write them.
-CODE_BLOCK = re.compile(r"```python[ \t]*\n(.*?)```", re.DOTALL)
+CODE_BLOCK = re.compile(r"```(?:python|py)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def code_blocks(text: str) -> list[str]:
+    """The code of every ```python block, in order: one program run as a notebook would."""
+    return CODE_BLOCK.findall(text)
 
 
 def last_code_block(text: str) -> str | None:
     """The code of the last ```python block, or None."""
-    blocks = CODE_BLOCK.findall(text)
+    blocks = code_blocks(text)
     return blocks[-1] if blocks else None
 
 
@@ -75,3 +80,29 @@ _WORD_RE = re.compile(r"\S*[^\W_]\S*")
 def count_words(text: str) -> int:
     """Whitespace tokens that hold a letter or digit ("$x+1=3$" is one word, "--" none)."""
     return len(_WORD_RE.findall(text))
+
+
+# Math spans: $$..$$, $..$, \[..\], \(..\). Inside one, each command, number, name and operator
+# is a token: "Evaluate $\binom{7}{3}$." says as much as an 4-word sentence, not 2 words.
+_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+_MATH_TOKEN_RE = re.compile(r"\\[A-Za-z]+|\d+(?:\.\d+)?|[A-Za-z]+|[-+*/=<>^!|]")
+
+
+_BARE_FORMULA_RE = re.compile(r"\d[-+*/=<>^]|[-+*/=<>^]\d")
+
+
+def count_tokens(text: str) -> int:
+    """Words outside math (:func:`count_words`) plus the tokens inside math spans, and inside a
+    formula written without delimiters ("26-18=" is 4): the length measure of problems and
+    solutions, fair to short formula-heavy problems."""
+    total, pos = 0, 0
+    for span in _MATH_SPAN_RE.finditer(text):
+        total += _prose_tokens(text[pos:span.start()])
+        total += len(_MATH_TOKEN_RE.findall(next(g for g in span.groups() if g is not None)))
+        pos = span.end()
+    return total + _prose_tokens(text[pos:])
+
+
+def _prose_tokens(text: str) -> int:
+    return sum(len(_MATH_TOKEN_RE.findall(word)) if _BARE_FORMULA_RE.search(word) else 1
+               for word in _WORD_RE.findall(text))

@@ -3,13 +3,13 @@
 Checks run in this order; the first that fails names the reason:
 
 ``empty``                 the completion is blank.
-``no_problem``            nothing before the "## Solution" header, or the problem holds a code
-                          block or a ``\\boxed{}`` (a solution leaked into it).
+``no_problem``            nothing before the "## Solution" header, or a solution leaked into
+                          the problem (:func:`~data.stage_prompts.parsing.solution_leaked`).
 ``no_solution``           no "## Solution" header, or nothing after it.
 ``no_boxed_answer``       the solution has no complete ``\\boxed{...}``, or the last one is not an
-                          answer: over 200 characters, several lines, or holding a code fence.
-``problem_too_short``     the problem has fewer than ``min_problem_words`` words (whitespace
-                          tokens holding a letter or digit).
+                          answer: over 200 characters, a blank line or a code fence in it.
+``problem_too_short``     the problem has fewer than ``min_problem_words`` words outside math
+                          plus tokens inside it (:func:`data.text.count_tokens`).
 ``copies_source``         at least ``copy_max_fraction`` of the problem's word ``copy_ngram``-grams
                           (lowercased alphanumeric tokens) occur in the source window.
 ``cheating``              the solution states the answer without working. Any of:
@@ -51,13 +51,13 @@ from data.stage_prompts.parsing import (
     parse_completion,
     solution_leaked,
 )
-from data.text import count_words, find_boxes
+from data.text import count_tokens, count_words, find_boxes
 from eval.grading import Grader
 from sandbox.program_answers import CodeRunner, check_programs
 
 
 class ValidationConfig(StrictConfig):
-    min_problem_words: int = Field(8, ge=0)
+    min_problem_words: int = Field(3, ge=0, description="words + math tokens: 'Evaluate $\\binom{7}{3}$.' is 4")
     min_solution_words: int = Field(15, ge=0, description="words of working before the final box")
     copy_ngram: int = Field(8, ge=1)
     copy_max_fraction: float = Field(0.5, gt=0, le=1, description="reject at or above this copied n-gram fraction")
@@ -215,9 +215,9 @@ class Validator:
         parsed, failure = parse_completion(item.completion)
         if parsed is None:
             return Verdict(False, failure, None, {})
-        details: dict[str, Any] = {"problem_words": count_words(parsed.problem)}
+        details: dict[str, Any] = {"problem_words": count_tokens(parsed.problem)}
         verdict = Verdict(False, None, parsed, details)
-        if solution_leaked(parsed.problem):
+        if solution_leaked(parsed.problem, parsed.final_answer):
             verdict.reason = "no_problem"  # a solution leaked into it: the format is broken
             return verdict
         answer = parsed.final_answer

@@ -287,7 +287,7 @@ class Teacher:
             parse_completion,
             solution_leaked,
         )
-        from data.text import count_words
+        from data.text import count_tokens
         from distill.validation import ValidationConfig, cheating_rule
 
         solution = tool_solution(row) if tool else row.solution
@@ -296,8 +296,8 @@ class Teacher:
         text = f"{row.problem}\n\n## Solution\n{solution}\n"
         parsed, _ = parse_completion(text)
         defaults = ValidationConfig()
-        if (parsed is None or solution_leaked(parsed.problem) or not is_answer(parsed.final_answer)
-                or count_words(parsed.problem) < defaults.min_problem_words
+        if (parsed is None or solution_leaked(parsed.problem, parsed.final_answer) or not is_answer(parsed.final_answer)
+                or count_tokens(parsed.problem) < defaults.min_problem_words
                 or cheating_rule(parsed, defaults.min_solution_words) is not None
                 or (tool and parsed.code is None)):
             return None

@@ -1,9 +1,11 @@
 """``mathsynth synth filter``: the synthesizer's records -> a pre-training-ready, decontaminated,
-deduplicated dataset. CPU work, kept off the GPU jobs of ``synth generate``.
+deduplicated dataset. CPU work, kept off the GPU jobs of ``synth generate``. It also filters any
+existing dataset of problems (:mod:`synth.filter_input`).
 
 A shard's life, in two phases:
 
-1. Its input parts (part ``j`` of the generate folder goes to shard ``j mod N``), one at a time:
+1. Its input parts (part ``j`` of the generate folder, or file ``j`` of a dataset, goes to
+   shard ``j mod N``), one at a time:
    the per-record filters (:mod:`synth.filters`) in batches that keep a window's samples
    together; survivors and rejects go to ``work/<part>.kept.jsonl`` / ``.rejected.jsonl``
    (append-only, resumable by id), then the survivors' dedup sketch (``work/<part>.sketch/``)
@@ -13,6 +15,8 @@ A shard's life, in two phases:
    every unsealed shard's ``part-*.jsonl`` (the dataset) and ``rejects-*.jsonl`` (every record
    dropped, with ``reject_reason``; duplicates also name ``duplicate_of``), then seals them.
    A shard that ends phase 1 earlier just returns: its outputs are written by the last one.
+   The same step writes ``report.json`` and ``report.md`` (:mod:`synth.filter_report`): kept
+   and rejected by reason, by variant and by stage, with examples of each reason.
 
 Because the dedup order is the input order, the dataset does not depend on N, and a kill at
 any point is finished by a rerun without duplicating or losing a record.
@@ -29,21 +33,25 @@ from pydantic import Field
 
 from data.config_base import StrictConfig, operational
 from data.dedup import ShardSketch, merge_shards
-from data.errors import InputError
-from data.jsonl import iter_json_objects
 from data.progress import progress_bar
 from data.shards import Shard
 from data.storage import (
     ShardWriter,
     StageOutput,
     atomic_write_text,
-    part_files,
     part_stem,
-    read_manifest,
 )
 from runner.ownership import ByInputPart
 from runner.run import run_stage
 from runner.stage import ShardWork, Stage
+from synth.filter_input import (
+    InputPart,
+    RowFields,
+    input_parts,
+    read_part,
+    read_records,
+)
+from synth.filter_report import report_summary, write_report
 from synth.filters import (
     CodeCheckFilter,
     ConsistencyFilter,
@@ -51,7 +59,6 @@ from synth.filters import (
     FormatFilter,
     LengthFilter,
     RecordFilters,
-    wrong_field_type,
 )
 from synth.text_format import pretraining_text
 
@@ -71,7 +78,9 @@ class DedupFilter(StrictConfig):
 
 
 class SynthFilterConfig(StrictConfig):
-    input: str = Field(..., min_length=1, description="a synth generate output folder (every shard sealed)")
+    input: str = Field(..., min_length=1, description="a synth generate output folder (every shard sealed), or "
+                                                      "a dataset of problems: file, folder or glob (synth.filter_input)")
+    rows: RowFields = Field(default_factory=RowFields, description="how a dataset's rows are read (not a generate output)")
     output: str = Field(..., min_length=1)
     format: FormatFilter = Field(default_factory=FormatFilter)
     length: LengthFilter = Field(default_factory=LengthFilter)
@@ -82,39 +91,16 @@ class SynthFilterConfig(StrictConfig):
     batch_size: int = operational(256, ge=1, description="records per filter batch (one sandbox and grader call)")
 
 
-def input_parts(config: SynthFilterConfig) -> list[Path]:
-    """The generate run's part files, once it is a finished ``synth generate`` output."""
-    folder = Path(config.input)
-    upstream = read_manifest(folder)
-    if upstream.get("stage") != "synth_generate":
-        raise InputError(f"input: {folder} is a {upstream.get('stage')} output; synth filter reads a synth generate "
-                         "output (records with problem, solution and variant)")
-    if not upstream.get("complete"):
-        raise InputError(f"input: {folder}: not every shard is sealed yet; finish synth generate first")
-    return part_files(folder)
-
-
 class WorkFiles:
     """Phase-1 files of one input part."""
 
-    def __init__(self, output: Path, part: Path) -> None:
-        stem = part.name.split(".")[0]
+    def __init__(self, output: Path, part: InputPart) -> None:
+        stem = part.stem
         self.folder = output / "work"
         self.kept = self.folder / f"{stem}.kept.jsonl"
         self.rejected = self.folder / f"{stem}.rejected.jsonl"
         self.sketch = self.folder / f"{stem}.sketch"
         self.done = self.folder / f"{stem}.done"
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a part file; one without an id, or with a text field of another type, is a
-    one-line error naming file and line."""
-    for line_no, row in iter_json_objects(path):
-        if not isinstance(row.get("id"), str):
-            raise InputError(f"{path}:{line_no}: record without a string 'id'")
-        if problem := wrong_field_type(row):
-            raise InputError(f"{path}:{line_no}: {problem}")
-        yield row
 
 
 def window_batches(records: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -129,15 +115,15 @@ def window_batches(records: Iterator[dict[str, Any]], size: int) -> Iterator[lis
         yield batch
 
 
-def filter_part(part: Path, files: WorkFiles, filters: RecordFilters, config: SynthFilterConfig) -> None:
+def filter_part(part: InputPart, files: WorkFiles, filters: RecordFilters, config: SynthFilterConfig) -> None:
     """Phase 1 for one input part; a no-op when it is already marked done."""
     if files.done.exists():
         return
     files.folder.mkdir(parents=True, exist_ok=True)
     kept, rejected = ShardWriter(files.kept), ShardWriter(files.rejected)
     try:
-        with progress_bar(f"synth filter {part.name}", unit="record") as advance:
-            for batch in window_batches(read_jsonl(part), config.batch_size):
+        with progress_bar(f"synth filter {part.path.name}", unit="record") as advance:
+            for batch in window_batches(read_part(part, config.rows), config.batch_size):
                 # The whole batch is checked (a window's samples are judged together); only
                 # records not written by an interrupted earlier run are written.
                 if all(r["id"] in kept or r["id"] in rejected for r in batch):
@@ -152,7 +138,7 @@ def filter_part(part: Path, files: WorkFiles, filters: RecordFilters, config: Sy
     finally:
         kept.close(sync=True)
         rejected.close(sync=True)
-    rows = list(read_jsonl(files.kept))
+    rows = list(read_records(files.kept))
     ShardSketch.compute([r["id"] for r in rows], [r.get(config.dedup.field) or "" for r in rows],
                         num_perm=config.dedup.num_perm, ngram=config.dedup.ngram).save(files.sketch)
     atomic_write_text(files.done, "")
@@ -164,12 +150,12 @@ def dataset_record(record: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def duplicates(output: Path, parts: list[Path], config: SynthFilterConfig) -> dict[str, dict[str, Any]]:
+def duplicates(output: Path, parts: list[InputPart], config: SynthFilterConfig) -> dict[str, dict[str, Any]]:
     """Every dropped duplicate by id, decided once over all parts in input order and saved, so
     every shard (and a rerun) writes from the same decision."""
     saved = output / "work" / "duplicates.jsonl"
     if saved.exists():
-        return {row["id"]: row for row in read_jsonl(saved)}
+        return {row["id"]: row for row in read_records(saved)}
     dropped: dict[str, dict[str, Any]] = {}
     if config.dedup.enabled:
         started = time.monotonic()
@@ -186,7 +172,7 @@ def duplicates(output: Path, parts: list[Path], config: SynthFilterConfig) -> di
     return dropped
 
 
-def write_shard(output: StageOutput, shard: Shard, parts: list[Path], dropped: dict[str, dict[str, Any]],
+def write_shard(output: StageOutput, shard: Shard, parts: list[InputPart], dropped: dict[str, dict[str, Any]],
                 seconds: float) -> dict[str, Any]:
     """Phase 2 for one shard: its dataset part and rejects, then the seal."""
     writer = output.open_shard(shard)
@@ -196,11 +182,11 @@ def write_shard(output: StageOutput, shard: Shard, parts: list[Path], dropped: d
     try:
         for part in parts:
             files = WorkFiles(output.folder, part)
-            for record in read_jsonl(files.rejected):
+            for record in read_records(files.rejected):
                 considered += 1
                 by_reason[record["reject_reason"]] = by_reason.get(record["reject_reason"], 0) + 1
                 rejects.write(record)
-            for record in read_jsonl(files.kept):
+            for record in read_records(files.kept):
                 considered += 1
                 duplicate = dropped.get(record["id"])
                 if duplicate is None:
@@ -228,13 +214,13 @@ class SynthFilterStage(Stage):
 
     def __init__(self, config: SynthFilterConfig) -> None:
         super().__init__(config)
-        self.parts: list[Path] = []
+        self.parts: list[InputPart] = []
 
     def inputs(self) -> list[str]:
         return [self.config.input]
 
     def check(self) -> None:
-        self.parts = input_parts(self.config)
+        self.parts = input_parts(self.config.input)
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
         config, folder = self.config, work.output.folder
@@ -245,7 +231,7 @@ class SynthFilterStage(Stage):
                 filter_part(part, WorkFiles(folder, part), filters, config)
         finally:
             filters.close()
-        waiting = [part.name for part in self.parts if not WorkFiles(folder, part).done.exists()]
+        waiting = [part.path.name for part in self.parts if not WorkFiles(folder, part).done.exists()]
         if waiting:
             log.info("shard %s filtered; %d input part(s) still being filtered by other shards (%s ...); "
                      "the last shard to finish dedups across all of them and writes the dataset",
@@ -264,6 +250,7 @@ class SynthFilterStage(Stage):
                             output.prepared_stats(shard).get("seconds", 0.0))
         counts = output.refresh_manifest().get("counts", {})
         log.info("%s: %d of %d records kept", output.folder, counts.get("kept", 0), counts.get("input_records", 0))
+        write_report(output.folder)
         return {}
 
     def summary(self, manifest: dict[str, Any]) -> str:
@@ -272,7 +259,8 @@ class SynthFilterStage(Stage):
             return "filtered; waiting for the other shards (the last one dedups and writes the dataset)"
         reasons = counts.get("rejected_by_reason", {})
         return (f"kept {counts.get('kept', 0)} of {counts.get('input_records', 0)} records; rejected: "
-                f"{', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) or 'none'}")
+                f"{', '.join(f'{k} {v}' for k, v in sorted(reasons.items())) or 'none'}\n"
+                + report_summary(Path(self.config.output)))
 
 
 def run_synth_filter(config: SynthFilterConfig, shard: Shard) -> dict[str, Any]:

@@ -4,14 +4,17 @@ They run on a batch of the synthesizer's records in this order; a record's first
 names its reason, and later checks skip it (so the sandbox never runs a program whose problem is
 contaminated or malformed):
 
-``format``           ``empty`` / ``no_problem`` / ``no_solution`` (the completion does not parse
-                     into a problem and a solution; or the problem holds a code block or a box, so a
-                     solution leaked into it); ``truncated`` (generation hit ``max_tokens``);
-                     ``no_boxed_answer`` (no complete ``\\boxed{}``, or one that is not an answer:
-                     several lines, a code fence, over ``max_answer_chars``); ``no_code`` (tool
-                     variant without a python block).
+``format``           ``empty`` / ``no_problem`` / ``no_solution`` (the text does not parse into a
+                     problem and a solution; or the problem holds a program or its own answer
+                     boxed, so a solution leaked into it: :func:`~data.stage_prompts.parsing.solution_leaked`);
+                     ``truncated`` (generation hit ``max_tokens``); ``no_answer`` (no final answer
+                     in the form ``format.answer`` asks for, or one that is not an answer: a
+                     blank line, a code fence or an open brace in it, over ``max_answer_chars``
+                     or ``max_answer_words``: :func:`~data.stage_prompts.parsing.is_answer`); ``no_code``
+                     (tool variant without a python block).
 ``length``           ``problem_too_short`` / ``problem_too_long`` / ``solution_too_short`` /
-                     ``solution_too_long``: words (whitespace tokens holding a letter or digit).
+                     ``solution_too_long``: words outside math plus tokens inside it
+                     (:func:`data.text.count_tokens`), so "Evaluate $\\binom{7}{3}$." counts 4.
 ``decontamination``  ``contaminated``: the problem or the solution shares a word 13-gram with a
                      shipped benchmark test set (:class:`data.decontamination.Decontaminator`);
                      with ``embedding.enabled``, also a problem whose embedding has cosine >=
@@ -33,29 +36,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import Field, model_validator
 
 from data.config_base import StrictConfig
 from data.decontamination import Decontaminator
 from data.dedup import jaccard, shingle_texts
-from data.stage_prompts.parsing import MAX_ANSWER_CHARS, is_answer, solution_leaked
-from data.text import count_words
+from data.stage_prompts.parsing import (
+    MAX_ANSWER_CHARS,
+    MAX_ANSWER_WORDS,
+    is_answer,
+    normalized_answer,
+    solution_leaked,
+)
+from data.text import code_blocks, count_tokens, find_boxes
 from sandbox.config import SandboxConfig
 from synth.embedding_match import BenchmarkEmbeddings, EmbeddingCheck
+
+AnswerRule = Literal["boxed", "stated", "optional"]
 
 
 class FormatFilter(StrictConfig):
     enabled: bool = True
     reject_truncated: bool = Field(True, description="drop completions cut by max_tokens")
     max_answer_chars: int = Field(MAX_ANSWER_CHARS, ge=1, description="a longer 'answer' is a box left open around prose")
+    max_answer_words: int = Field(MAX_ANSWER_WORDS, ge=0, description="prose words in the answer: more is a sentence")
+    answer: AnswerRule = Field("stated", description=(
+        "the final answer a solution must state, read as eval reads it (eval.extraction.locate_answer): "
+        "boxed = a \\boxed{}; stated = a box or an answer phrase ('The answer is: $42$'); "
+        "optional = none needed (proofs, derivations), the answer is kept when there is one"))
 
 
 class LengthFilter(StrictConfig):
+    """Bounds in words outside math plus tokens inside it (:func:`data.text.count_tokens`).
+    The minimums keep every MATH and GSM8K train problem and solution."""
+
     enabled: bool = True
-    problem_words: tuple[int, int] = (8, 1000)
-    solution_words: tuple[int, int] = (10, 3000)
+    problem_words: tuple[int, int] = (3, 1000)
+    solution_words: tuple[int, int] = (5, 3000)
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -104,25 +123,37 @@ def wrong_field_type(record: dict[str, Any]) -> str | None:
     return None
 
 
+def stated_answer(solution: str, rule: AnswerRule) -> str | None:
+    """The solution's final answer as eval's extractor reads it (one notion of "the final answer"
+    for the filter and the grader): its box, or under ``stated``/``optional`` an answer phrase."""
+    from eval.extraction import boxed_answer, locate_answer
+
+    if rule == "boxed":
+        return normalized_answer(boxed_answer(solution)) if find_boxes(solution) else None
+    located = locate_answer(solution)
+    return normalized_answer(located.answer) if located.how in ("boxed", "anchor") else None
+
+
 def format_reason(record: dict[str, Any], config: FormatFilter) -> str | None:
     if record.get("parse_error"):
         return record["parse_error"]
     if record.get("problem") is None or record.get("solution") is None:
         return "no_solution"
-    if solution_leaked(record["problem"]):
+    if solution_leaked(record["problem"], record.get("final_answer")):
         return "no_problem"
     if config.reject_truncated and record.get("finish_reason") == "length":
         return "truncated"
-    if not is_answer(record.get("final_answer"), config.max_answer_chars):
-        return "no_boxed_answer"
-    if record.get("variant") == "tool" and not record.get("code"):
+    answer = record.get("final_answer")
+    if not (is_answer(answer, config.max_answer_chars, config.max_answer_words) or (answer is None and config.answer == "optional")):
+        return "no_answer"
+    if record.get("variant") == "tool" and not code_blocks(record["solution"]):
         return "no_code"
     return None
 
 
 def length_reason(record: dict[str, Any], config: LengthFilter, details: dict[str, Any]) -> str | None:
     for name, bounds in (("problem", config.problem_words), ("solution", config.solution_words)):
-        words = count_words(record.get(name) or "")
+        words = count_tokens(record.get(name) or "")
         details[f"{name}_words"] = words
         if words < bounds[0]:
             return f"{name}_too_short"
@@ -178,6 +209,8 @@ class RecordFilters:
         together (the consistency check compares them)."""
         outcomes = [Outcome() for _ in records]
         for record, outcome in zip(records, outcomes):
+            if isinstance(record.get("solution"), str):
+                record["final_answer"] = stated_answer(record["solution"], self.format.answer)
             if self.format.enabled:
                 outcome.reason = format_reason(record, self.format)
             elif record.get("problem") is None:
@@ -214,12 +247,12 @@ class RecordFilters:
     def _run_programs(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
         from sandbox.program_answers import check_programs
 
-        todo = [i for i, o in enumerate(outcomes)
-                if o.reason is None and records[i].get("variant") == "tool" and records[i].get("code")]
+        todo = [i for i, o in enumerate(outcomes) if o.reason is None and records[i].get("variant") == "tool"
+                and records[i].get("final_answer") and code_blocks(records[i]["solution"])]
         if not todo:
             return
-        checks = check_programs([records[i]["code"] for i in todo], [records[i]["final_answer"] for i in todo],
-                                self.sandbox, self.grader)
+        checks = check_programs([code_blocks(records[i]["solution"]) for i in todo],
+                                [records[i]["final_answer"] for i in todo], self.sandbox, self.grader)
         for i, check in zip(todo, checks):
             outcomes[i].details.update(check.details())
             outcomes[i].reason = check.reason

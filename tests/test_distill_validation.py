@@ -119,7 +119,7 @@ def test_structural_rejections(validator):
         item(""),
         item(PROBLEM),
         item(COT.replace("\\boxed{4}", "4")),
-        item("How much is it?\n## Solution\n" + SOLUTION),
+        item("How much?\n## Solution\n" + SOLUTION),
     )
     assert [v.reason for v in verdicts] == ["empty", "no_solution", "no_boxed_answer", "problem_too_short"]
     assert not any(v.accepted for v in verdicts)

@@ -56,6 +56,12 @@ def record(key: str, index: int = 0, *, problem: str | None = None, answer: str 
     return {**found, **extra}
 
 
+def without_code(found: dict) -> dict:
+    solution = found["solution"]
+    return {**found, "solution": solution[:solution.index("```python")] + solution[solution.rindex("```") + 3:],
+            "code": None}
+
+
 def make_generated(folder: Path, parts: list[list[dict]]) -> Path:
     """A sealed synth generate folder with these records in its parts."""
     output = StageOutput(folder, stage="synth_generate", config={"made_by": "test"}, num_shards=len(parts))
@@ -95,18 +101,19 @@ def test_crafted_records_get_the_reason_of_their_first_failing_filter():
         "tool_ok": record("tool_ok", variant="tool"),
         "tool_mismatch": record("tool_mismatch", variant="tool", code="print(12 // 3)"),
         "tool_fails": record("tool_fails", variant="tool", code="raise SystemExit(3)"),
-        "tool_no_code": record("tool_no_code", variant="tool", code=None) | {"code": None},
-        "no_box": record("no_box") | {"final_answer": None},
+        "tool_no_code": without_code(record("tool_no_code", variant="tool")),
+        "no_box": record("no_box") | {"solution": "We divide the items among the boxes, filling each before the "
+                                                  "next one, and count the boxes that end up holding twelve."},
         "truncated": record("truncated", finish_reason="length"),
         "unparsed": record("unparsed") | {"problem": None, "solution": None, "parse_error": "no_solution"},
         "leaked": record("leaked", problem="What is 1+2? \\boxed{3} is what we want, since it is asked here."),
-        "short": record("short", problem="What is 12 / 4?"),
+        "short": record("short", problem="Add them."),
     }
     cases["contaminated_solution"]["solution"] = f"Recall: {gsm8k} " + cases["contaminated_solution"]["solution"]
     expected = {
         "clean": None, "contaminated": "contaminated", "contaminated_solution": "contaminated", "tool_ok": None,
         "tool_mismatch": "code_answer_mismatch", "tool_fails": "code_failed", "tool_no_code": "no_code",
-        "no_box": "no_boxed_answer", "truncated": "truncated", "unparsed": "no_solution", "leaked": "no_problem",
+        "no_box": "no_answer", "truncated": "truncated", "unparsed": "no_solution", "leaked": "no_problem",
         "short": "problem_too_short",
     }
     checker = filters()
@@ -308,7 +315,7 @@ def test_a_folder_of_another_stage_is_refused_not_rejected_row_by_row(tmp_path):
     writer = other.open_shard(Shard(0, 1))
     writer.write({"id": "a", "completion": "text"})
     other.finish_shard(Shard(0, 1), writer, {})
-    with pytest.raises(Exception, match=r"is a generate output; synth filter reads a synth generate output"):
+    with pytest.raises(Exception, match=r"is a generate output; synth filter reads a synth generate output or a dataset of problems"):
         run_synth_filter(filter_config(tmp_path, tmp_path / "generic", "out"), Shard(0, 1))
     assert not (tmp_path / "out").exists()
 
@@ -329,3 +336,95 @@ def test_a_second_process_on_the_same_filter_shard_is_refused(tmp_path):
     run_synth_filter(filter_config(tmp_path, generated, "out"), Shard(0, 1))
     run_synth_filter(filter_config(tmp_path, generated, "one"), Shard(0, 1))
     assert dataset(out) == dataset(tmp_path / "one")
+
+
+def jiuzhang_text(problem: str, solution: str, header: str = "## Solution") -> str:
+    return f"## Question\n{problem}\n\n{header}\n{solution}\n"
+
+
+def foreign_rows() -> list[dict]:
+    """A small existing synthetic set in the JiuZhang3.0 layout and as problem/solution fields."""
+    tool = ("We count with a short program, one block to set up and one to print.\n```python\nboxes = 12\n```\n"
+            "Then:\n```python\nper_box = 4\nboxes // per_box\n```\n```output\n3\n```\nSo there are $\\boxed{3}$ boxes.")
+    return [
+        {"id": "jz-1", "text": jiuzhang_text(problem_text("f1"), "Twelve items fill boxes of four, so "
+                                                                 "twelve divided by four is three. The answer is: $3$")},
+        {"id": "jz-2", "text": jiuzhang_text(problem_text("f2"), tool, "## Code Solution")},
+        {"id": 3, "problem": problem_text("f3"), "solution": "Divide twelve by four to get three, "
+                                                              "one box at a time. $\\boxed{3}$"},
+        {"text": jiuzhang_text("Evaluate $\\binom{7}{3}$.", "By the formula, $\\binom{7}{3} = \\frac{7 \\cdot 6 "
+                                                            "\\cdot 5}{3!} = \\boxed{35}$.")},
+        {"text": jiuzhang_text(problem_text("f5"), "Wrong: the program prints five.\n```python\nprint(5)\n```\n"
+                                                   "So $\\boxed{3}$.", "## Code Solution")},
+        {"text": "no headers at all, just chatter"},
+        {"text": jiuzhang_text(problem_text("f1"), "A different solution that also says $\\boxed{3}$ here.")},
+    ]
+
+
+def test_an_existing_dataset_of_problems_is_filtered_like_generated_records(tmp_path):
+    data = tmp_path / "existing"
+    data.mkdir()
+    rows = foreign_rows()
+    (data / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    (data / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
+    config = filter_config(tmp_path, data, "out")
+    for index in range(2):
+        run_synth_filter(config, Shard(index, 2))
+    kept = {r["id"]: r for r in dataset(tmp_path / "out")}
+    rejected = {r["id"]: r["reject_reason"] for r in rejects(tmp_path / "out")}
+    hashed = [r["id"] for r in [*kept.values()] if r["problem"].startswith("Evaluate")]
+    assert set(kept) == {"jz-1", "jz-2", "3", *hashed} and len(hashed) == 1
+    assert kept["jz-1"]["final_answer"] == "3"  # "The answer is: $3$" is an answer, as eval reads it
+    assert kept["jz-2"]["variant"] == "tool" and kept["jz-2"]["text"] == rows[1]["text"]  # two blocks, a notebook
+    assert kept["3"]["variant"] == "cot"
+    assert sorted(rejected.values()) == ["code_answer_mismatch", "exact_duplicate", "no_solution"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["records"] == 7 and report["kept"] == 4
+    assert report["by_variant"]["tool"] == {"kept": 1, "code_answer_mismatch": 1}
+    assert set(report["examples"]) == {"code_answer_mismatch", "exact_duplicate", "no_solution"}
+    assert "## By variant" in (tmp_path / "out" / "report.md").read_text()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "x", "question": "no text"}) + "\n")
+    with pytest.raises(Exception, match=r"bad.jsonl:2: neither a string 'text' nor"):
+        run_synth_filter(filter_config(tmp_path, bad, "out-bad"), Shard(0, 1))
+    run_synth_filter(filter_config(tmp_path, bad, "out-skip", rows={"policy": "skip"}), Shard(0, 1))
+    assert [r["id"] for r in dataset(tmp_path / "out-skip")] == ["jz-1"]
+
+
+def test_answer_rule_boxed_only_or_any_stated_answer(tmp_path):
+    stated = record("stated") | {"solution": "We divide the items among the boxes, filling each before the next. "
+                                             "The answer is: $3$"}
+    proof = record("proof") | {"solution": "Every box is filled before the next, so the count is the quotient of "
+                                           "the items by the capacity, as claimed."}
+    outcomes = {}
+    for rule in ("boxed", "stated", "optional"):
+        checker = filters(format=FormatFilter(answer=rule), consistency=ConsistencyFilter())
+        try:
+            outcomes[rule] = [o.reason for o in checker.check([dict(stated), dict(proof)])]
+        finally:
+            checker.close()
+    assert outcomes == {"boxed": ["no_answer", "no_answer"], "stated": [None, "no_answer"], "optional": [None, None]}
+
+
+def test_the_report_and_the_audit_file_show_each_reason(tmp_path):
+    parts, dropped = planted_parts()
+    generated = make_generated(tmp_path / "generated", parts)
+    config = tmp_path / "filter.yaml"
+    config.write_text(json.dumps({"input": str(generated), "output": str(tmp_path / "out"),
+                                  "code_check": {"sandbox": SANDBOX}}))
+    result = subprocess.run([sys.executable, "-m", "synth", "filter", "--config", str(config)],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "by variant: cot: kept" in result.stdout and "report.md" in result.stdout
+    audit = subprocess.run([sys.executable, "-m", "synth", "audit", "--input", str(tmp_path / "out"), "--per-reason",
+                            "1", "--output", str(tmp_path / "audit.md")], env=ENV, capture_output=True, text=True,
+                           timeout=120)
+    assert audit.returncode == 0, audit.stderr
+    text = (tmp_path / "audit.md").read_text()
+    for reason in set(dropped.values()):
+        assert f"## {reason}: 1 of" in text
+    assert text.count("Verdict: ") == len(set(dropped.values()))
+    refused = subprocess.run([sys.executable, "-m", "synth", "audit", "--input", str(generated)], env=ENV,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "is not a finished synth filter output" in refused.stderr.strip().splitlines()[-1]
