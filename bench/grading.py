@@ -12,8 +12,12 @@ GSM8K test (1,319; gold = the text after ``#### ``), each with its reference sol
   often parses to nothing, so that is the fairer math-verify number.
 * ours: ``Grader(workers).grade_many(pairs)``, including the start of its worker processes.
 
-Prints pairs/s for each, the ratio (target >= 3x), and agreement: how many verdicts differ
+Prints pairs/s for each, the ratio (target >= 10x), and agreement: how many verdicts differ
 from each baseline, with examples. Runs are sequential, never concurrent.
+
+Then the regression table (``tests/grader_cases/cases.jsonl``, gold/pred/expected verdict from
+other graders' test suites and ours): how many rows each grader gets as expected, and whether
+ours differs exactly on the rows ``tests/grader_cases/disagreements.jsonl`` explains.
 
 On these pairs nearly every verdict comes from our fast path (the solution boxes the gold
 verbatim). ``--force-slow`` measures the other end: MATH only, the prediction rewritten as
@@ -36,6 +40,7 @@ from eval.grading import Grader
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIRS = (REPO / "data" / "benchmarks" / "data",)  # the shipped copies
+CASES_DIR = REPO / "tests" / "grader_cases"
 
 
 def force_slow(pairs: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:
@@ -72,6 +77,27 @@ def run_ours(pairs: list[tuple[str, str, str, str]], workers: int) -> tuple[list
         verdicts = grader.grade_many([(gold, solution, kind) for _, gold, solution, kind in pairs], timeout_s=5.0)
         stats = dict(grader.stats)
     return verdicts, time.perf_counter() - start, stats
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def case_agreement(workers: int) -> None:
+    """Each grader's verdicts on the regression table against the expected ones."""
+    from math_verify import parse, verify
+
+    cases = _jsonl(CASES_DIR / "cases.jsonl")
+    explained = {row["id"] for row in _jsonl(CASES_DIR / "disagreements.jsonl")}
+    with Grader(workers=workers) as grader:
+        ours = grader.grade_many([(c["gold"], c["pred"], c["answer_type"]) for c in cases], timeout_s=5.0)
+    differ = {c["id"] for c, v in zip(cases, ours) if v.equal is not c["expected_equal"]}
+    mv_agree = sum(bool(verify(parse(c["gold"]), parse(c["pred"]))) is c["expected_equal"] for c in cases)
+    n = len(cases)
+    print(f"grading[cases] ours agree={n - len(differ)}/{n} math_verify agree={mv_agree}/{n} "
+          f"(ours differs on exactly the rows disagreements.jsonl explains: {differ == explained})")
+    for case_id in sorted(differ ^ explained):
+        print(f"    {'UNEXPLAINED' if case_id in differ else 'STALE'} {case_id}")
 
 
 def main() -> None:
@@ -115,12 +141,13 @@ def main() -> None:
         ratio = best[name] / best["ours"]
         differ = [i for i in range(n) if results[name][i] != results["ours"][i]]
         lost = [i for i in differ if results[name][i]]  # math-verify says equal, we do not
-        print(f"grading[ours vs {name}] ratio={ratio:.1f}x (target >= 3x) differ={len(differ)} "
+        print(f"grading[ours vs {name}] ratio={ratio:.1f}x (target >= 10x) differ={len(differ)} "
               f"(we say equal, it does not: {len(differ) - len(lost)}; it says equal, we do not: {len(lost)})")
         for i in lost[: args.examples]:
             print(f"    LOST {pairs[i][0]} gold={pairs[i][1]!r} ours={ours_verdicts[i]}")
         for i in [i for i in differ if not results[name][i]][: args.examples]:
             print(f"    GAINED {pairs[i][0]} gold={pairs[i][1]!r} ours_pred={ours_verdicts[i].pred_extracted!r}")
+    case_agreement(args.workers)
 
 
 if __name__ == "__main__":
