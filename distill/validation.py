@@ -257,7 +257,8 @@ class Validator:
             return
         if self._grader is None:
             self._grader = Grader(workers=1)
-        checks = check_programs([verdicts[i].parsed.code for i in todo],
+        # All the solution's code blocks, run as notebook cells: a later block uses an earlier one's names.
+        checks = check_programs([verdicts[i].parsed.code_blocks for i in todo],
                                 [verdicts[i].parsed.final_answer for i in todo], self.sandbox, self._grader)
         for i, check in zip(todo, checks):
             verdicts[i].details.update(check.details())

@@ -9,9 +9,11 @@ machine allows each; every result lists the protections that were in force
 ``results`` (what comes back, errors), ``pool`` (the :class:`Sandbox`), ``launcher`` (how a worker
 is started), ``protocol`` (the pipes), ``zygote`` and ``confine`` (what runs inside a worker),
 ``seccomp`` and ``cgroups`` (the filter and memory cgroups, set up by the parent),
-``program_answers`` (does a program print the answer its solution boxes). Imports no stage.
+``program_answers`` (does a program print the answer its solution boxes), with ``notebook`` (a
+solution's code blocks as one program) and ``printed`` (printed Python read as an answer).
+Programs may import the standard library and :data:`sandbox.config.PACKAGES`. Imports no stage.
 """
-from sandbox.config import PROTECTIONS, SandboxConfig
+from sandbox.config import PACKAGES, PROTECTIONS, SandboxConfig
 from sandbox.pool import Sandbox
 from sandbox.results import (
     CodeRunner,
@@ -20,5 +22,5 @@ from sandbox.results import (
     SandboxUnavailable,
 )
 
-__all__ = ["PROTECTIONS", "CodeRunner", "ExecutionResult", "Sandbox", "SandboxConfig", "SandboxError",
+__all__ = ["PACKAGES", "PROTECTIONS", "CodeRunner", "ExecutionResult", "Sandbox", "SandboxConfig", "SandboxError",
            "SandboxUnavailable"]

@@ -29,6 +29,13 @@ PROTECTIONS = {
 # The per-execution ones can be left off (benchmarks; a kernel that refuses one).
 OptionalProtection = Literal["pid", "proc", "tmp", "ipc", "seccomp", "memcg"]
 
+# What a program may import beyond the standard library (math, fractions, itertools, ...): the
+# packages tool solutions use (JiuZhang3.0's tool data imports numpy, sympy and scipy; mpmath
+# comes with sympy). They are the sandbox interpreter's own (the project's environment, where
+# pyproject.toml installs them); each worker checks them at start and the pool warns about any
+# missing. A program importing anything else fails; program checks call it code_missing_module.
+PACKAGES = ("numpy", "sympy", "scipy", "mpmath")
+
 DEFAULT_PRELOAD = [
     "math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "statistics",
     "random", "re", "string", "json", "heapq", "bisect", "datetime", "sympy", "numpy", "numpy.random",
@@ -54,3 +61,6 @@ class SandboxConfig(StrictConfig):
     sandbox_uid: int = Field(2_100_000_000, ge=1, description="as root, worker i runs snippets as uid+i")
     python: str | None = Field(None, description="interpreter for the workers; default sys.executable")
     start_timeout_s: float = operational(60.0, gt=0)
+    echo_last_expression: bool = Field(True, description="program checks (sandbox.program_answers): a code "
+                                                         "block ending in a bare expression shows its value, "
+                                                         "as a notebook cell does")

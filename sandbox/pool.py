@@ -39,7 +39,7 @@ from typing import Any
 
 from sandbox import confine, protocol, zygote
 from sandbox.cgroups import MemoryCgroup, make_worker_cgroups, remove_cgroups
-from sandbox.config import PROTECTIONS, SandboxConfig, Status
+from sandbox.config import PACKAGES, PROTECTIONS, SandboxConfig, Status
 from sandbox.launcher import LaunchPlan, interpreter_dirs, plan_launch
 from sandbox.results import ExecutionResult, SandboxError
 from sandbox.seccomp import compile_filter
@@ -70,6 +70,7 @@ class _Worker:
         self.protections: tuple[str, ...] = ()  # in force: the launcher's and what the zygote's probe found
         self.isolation = plan.kind  # the launcher and the protections, e.g. "bwrap(net,fs-ro,uid,...)"
         self.refused: dict[str, str] = {}
+        self.missing_packages: tuple[str, ...] = ()  # of sandbox.config.PACKAGES, as the zygote found
         self.oom_kills = 0
 
     def spawn(self) -> None:
@@ -92,6 +93,7 @@ class _Worker:
         self.protections = tuple(name for name in PROTECTIONS if name in present)
         self.isolation = f"{self.plan.kind}({','.join(self.protections)})" if self.protections else self.plan.kind
         self.refused = {str(k): str(v) for k, v in dict(message.get("refused", {})).items()}
+        self.missing_packages = tuple(str(name) for name in message.get("missing_packages", []))
         if self.require_uid and "uid" not in self.protections:  # root must never run a snippet as root
             self.kill()
             raise SandboxError(f"sandbox worker {self.index} would run snippets without dropping root")
@@ -213,6 +215,7 @@ class Sandbox:
             if name not in first.protections:  # (only proc is skipped without a reason: it needs pid and tmp)
                 not_in_force[name] = first.refused.get(name) or first.refused.get("setup") or "needs pid and tmp"
         _log_not_in_force(plan.kind, not_in_force)
+        _log_missing_packages(python, first.missing_packages)
 
     def _prepare_protections(self, not_in_force: dict[str, str]) -> tuple[list[str], str, list]:
         """The per-execution protections to ask the workers for, the compiled seccomp filter (hex)
@@ -263,6 +266,7 @@ class Sandbox:
             "tmp_bytes": config.tmp_mb << 20,
             "dirs_under_tmp": [d for d in interpreter_dirs(python) if d.startswith(("/tmp/", "/dev/shm/"))],
             "preload": config.preload,
+            "packages": list(PACKAGES),
             "memory_bytes": config.memory_mb << 20,
             "nproc": nproc,
             "file_bytes": config.max_file_mb << 20,
@@ -279,6 +283,11 @@ class Sandbox:
     @property
     def protections(self) -> tuple[str, ...]:
         return self._workers[0].protections
+
+    @property
+    def missing_packages(self) -> tuple[str, ...]:
+        """Those of sandbox.config.PACKAGES the sandbox's interpreter cannot import."""
+        return self._workers[0].missing_packages
 
     @property
     def network_isolated(self) -> bool:
@@ -379,6 +388,16 @@ def _log_not_in_force(kind: str, missing: dict[str, str]) -> None:
     reasons = "; ".join(f"{name} ({why})" for name, why in missing.items())
     message = f"sandbox ({kind}): not in force here: {reasons}. See sandbox.config.PROTECTIONS."
     if message not in _reported:
+        _reported.add(message)
+        log.warning(message)
+
+
+def _log_missing_packages(python: str, missing: tuple[str, ...]) -> None:
+    """Once per process and interpreter: packages programs may use (sandbox.config.PACKAGES) that
+    this interpreter lacks; programs importing them fail (code_missing_module in program checks)."""
+    message = (f"sandbox: {python} cannot import {', '.join(missing)} (sandbox.config.PACKAGES): programs that "
+               "import it fail; install the project's dependencies into that interpreter")
+    if missing and message not in _reported:
         _reported.add(message)
         log.warning(message)
 

@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import ctypes
 import gc
+import importlib.util
 import json
 import linecache
 import os
@@ -64,9 +65,12 @@ def main(settings: dict) -> None:
             __import__(name)
         except Exception:  # an optional module missing here is not an error
             pass
+    # The packages programs may import (sandbox.config.PACKAGES): found or not, without importing them.
+    missing = [name for name in settings["packages"] if importlib.util.find_spec(name) is None]
     gc.freeze()  # a snippet's collections skip the preloads' objects instead of touching (copying) their pages
     _use_huge_pages()
-    protocol.send(ctl_out, {"ready": True, "protections": protections, "refused": refused, "pid": os.getpid()})
+    protocol.send(ctl_out, {"ready": True, "protections": protections, "refused": refused, "pid": os.getpid(),
+                            "missing_packages": missing})
     counter = 0
     while True:
         request = protocol.receive(ctl_in)
