@@ -26,6 +26,7 @@ runs in the caller's process on every graded pair, so it must be fast and can ne
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -497,11 +498,12 @@ _LETTER_END = (
 _CHOICE_PHRASES = (
     rf"{ANSWER_PHRASES}|\boption|\bchoice|\bpick|\bselection"
     r"|\bI(?:\s+would|\s+will|'d|'ll)?\s+(?:choose|select|go\s+with)"
+    r"|\bans(?:wer)?\b(?:\s*[-=:.>]+)?"  # "Answer D", "ANS:D", "Answer - E.", "answer = B"
 )
 
 
 @lru_cache(maxsize=16)
-def _letter_patterns(letters: str) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+def _letter_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
     letter = rf"\$?\s*\(?{_LETTER_WRAP}\(?([{letters}])"
     anchor = re.compile(
         rf"(?i:{_CHOICE_PHRASES})(?i:\s+(?:is|was|would\s+be|will\s+be))?[*\s:]*{letter}{_LETTER_END}"
@@ -510,7 +512,11 @@ def _letter_patterns(letters: str) -> tuple[re.Pattern[str], re.Pattern[str], re
     # ("C. x = 42", "(C) 12"); "A triangle ..." has no period or bracket after the "A"
     lone = re.compile(rf"^[*\s]*\$?\(?{_LETTER_WRAP}([{letters}])(?:\}}?\)?\$?[.:]?[*\s]*$|[.)]\s)")
     paren = re.compile(rf"(?<![\\A-Za-z])\(([{letters}])\)")
-    return anchor, lone, paren
+    # the letter before its verdict: "D is the answer", "C is correct", "(B) is the right choice"
+    stated_before = re.compile(
+        rf"(?<![\\\w])\(?([{letters}])\)?\s+is\s+(?i:the\s+)?(?i:correct|right|answer|best)\b"
+    )
+    return anchor, lone, paren, stated_before
 
 
 def choice_letter(answer: str, letters: str = "ABCDEFGHIJ") -> str | None:
@@ -542,31 +548,57 @@ def extract_choice(text: str, n_choices: int = 5, choices: Sequence[str] | None 
     answer phrase, or the whole text). Letters count only as whole tokens at those places, so
     ``\\Delta E`` or ``\\mathrm{E}`` in the working and the article "A" never do.
 
-    Nothing is credited from text that states no answer: a completion that loops or is cut
-    off mid-working (its last line repeats an earlier one, or it ends in the list of options)
-    gives None, even when its last number or math span is some option's text.
+    The last number counts as an option's text only in a completion that ended on its own:
+    one that loops or was cut off mid-working (:func:`_looks_degenerate`) states no answer,
+    so it gives None even when its last number or math span is some option's text. Its final
+    line is not read as a letter either when it repeats an earlier line or ends a list of
+    the options.
     """
     letters = "ABCDEFGHIJ"[: max(1, min(n_choices, 10))]
-    anchor_re, lone_re, paren_re = _letter_patterns(letters)
+    anchor_re, lone_re, paren_re, stated_before_re = _letter_patterns(letters)
     boxed = boxed_answer(text)
     if boxed and (letter := choice_letter(boxed, letters)):
         return letter
-    anchors = list(anchor_re.finditer(text))
+    anchors = [*anchor_re.finditer(text), *stated_before_re.finditer(text)]
     if anchors:
-        return anchors[-1].group(1)
+        return max(anchors, key=lambda match: match.start()).group(1)
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if lines and not _repeats_or_lists_options(lines, lone_re):
+    no_final_line = not lines or _repeats_or_lists_options(lines, lone_re)
+    if not no_final_line:
         if lone := lone_re.match(lines[-1]):
             return lone.group(1)
         if parens := paren_re.findall(lines[-1]):
             return parens[-1]
     if choices:
-        # stated answers only: a last number is a guess, and on a looping or cut-off
-        # completion it is whatever step the text stopped at
-        for candidate in (boxed, anchored_answer(text), bare_answer(text)):
+        # a last number is a guess, and on a looping or cut-off completion it is whatever step
+        # the text stopped at, not an answer
+        guess = None if no_final_line or _looks_degenerate(text) else last_number(text)
+        for candidate in (boxed, anchored_answer(text), bare_answer(text), guess):
             if candidate and (letter := _option_match(candidate, choices, letters)):
                 return letter
     return None
+
+
+_UNFINISHED_END_RE = re.compile(r"(?:[,+\-*/=(^_\\{]|\b(?:and|or|so|then|the|is|of|to|we|that|which))\s*$", re.IGNORECASE)
+
+
+def _looks_degenerate(text: str) -> bool:
+    """A completion that loops (its last line repeats an earlier one, or a sentence or line of
+    10+ characters comes three times) or was cut off mid-working (an unclosed math span or brace, or it ends on an operator or a word that
+    needs more: "... = 12 and then")."""
+    body = text.strip()
+    if len(re.findall(r"(?<!\\)\$", body)) % 2 or body.count("{") > body.count("}"):
+        return True
+    if body.count("\\(") != body.count("\\)") or body.count("\\[") != body.count("\\]"):
+        return True
+    if _UNFINISHED_END_RE.search(body):
+        return True
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    if lines and lines[-1] in lines[:-1]:
+        return True
+    pieces = [piece.strip() for piece in re.split(r"(?<=[.!?])\s+|\n", body)]
+    counts = Counter(piece for piece in pieces if len(piece) >= 10)
+    return any(count >= 3 for count in counts.values())
 
 
 def _repeats_or_lists_options(lines: list[str], lone_re: re.Pattern[str]) -> bool:

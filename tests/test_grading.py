@@ -179,8 +179,10 @@ def test_other_languages_and_non_latin_prose():
 
 def test_choice_letters_mid_sentence_and_in_markup():
     for text in ("so my pick is C, since the others fail.", "**C**", "\\textbf{C}", "(C)",
-                 "The answer is C because 3 > 2.", "The correct option is (C).", "答案是 C", "Die Antwort ist C."):
+                 "The answer is C because 3 > 2.", "The correct option is (C).", "答案是 C", "Die Antwort ist C.",
+                 "so 704/22 = 32\nAnswer C", "ANS:C", "= 48 more km (ANSWER C)", "C is the correct choice"):
         assert extract_choice(text, 5) == "C", text
+    assert extract_choice("Answer A triangle has three sides.", 5) is None  # the article
 
 
 def test_choice_is_never_credited_from_a_completion_that_states_none():
@@ -192,8 +194,9 @@ def test_choice_is_never_credited_from_a_completion_that_states_none():
     assert extract_choice("The options are\nA. 12\nB. 13\nC. 14\nD. 15", 4, options) is None
     verdict = grade_text("A", looping_cut_off, "choice")
     assert (verdict.equal, verdict.reason) == (False, "no_answer")
-    # a stated option text still counts
+    # a stated option text still counts, and so does the last number of a finished completion
     assert extract_choice("The answer is 13.", 4, options) == "B"
+    assert extract_choice("So 2 + 12 = 14.", 4, options) == "C"
     assert extract_choice(r"so $\boxed{14}$", 4, options) == "C"
     assert extract_choice("15", 4, options) == "D"
 
