@@ -532,6 +532,14 @@ def test_what_is_not_in_force_is_logged(monkeypatch, caplog):
     assert any("seccomp (libseccomp is not installed (test))" in record.getMessage() for record in caplog.records)
 
 
+def test_a_package_programs_may_use_that_the_interpreter_lacks_is_logged(monkeypatch, caplog):
+    # Each worker looks for sandbox.config.PACKAGES at start (without importing them).
+    monkeypatch.setattr(pool_module, "PACKAGES", ("math", "mathsynth_no_such_package"))
+    with caplog.at_level("WARNING", logger="sandbox.pool"), start_sandbox(workers=1) as box:
+        assert box.missing_packages == ("mathsynth_no_such_package",)
+    assert any("cannot import mathsynth_no_such_package" in record.getMessage() for record in caplog.records)
+
+
 def test_an_unavailable_isolation_is_a_one_line_user_error(monkeypatch):
     monkeypatch.setattr("sandbox.launcher.shutil.which", lambda name: None)
     with pytest.raises(SandboxUnavailable) as raised:
