@@ -164,12 +164,24 @@ def list_as_gold_reads_it(gold: str, pred: str) -> str:
     n_items = len(_items(bare_gold))
     inner = re.sub(r"\\(?:left|right)(?![A-Za-z])", "", pred).strip().strip("$").strip()
     for opener, closer in _OPEN_CLOSE.items():
-        if n_items >= 2 and inner.startswith(opener) and inner.endswith(closer):
+        if n_items >= 2 and inner.startswith(opener) and inner.endswith(closer) and _encloses(inner):
             body = inner[len(opener) : -len(closer)]
-            # the opener must close at the very end: "(1, 2), (3, 4)" is a list of two pairs
-            if _items(body) and len(_items(body)) == n_items and _items(inner)[0] == inner:
+            if len(_items(body)) == n_items:
                 return body.strip()
     return pred
+
+
+def _encloses(text: str) -> bool:
+    """Whether the first bracket of ``text`` closes at its last character: "[1, 9]" yes;
+    "(1, 2), (3, 4)" (a list of two pairs) and "[1, 2] + [3, 4]" no."""
+    depth, opened = 0, False
+    for i, ch in enumerate(text):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        opened = opened or depth > 0
+        if opened and depth == 0:
+            return i == len(text) - 1
+    return False
 
 
 # --- fast path ----------------------------------------------------------------------------

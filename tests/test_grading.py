@@ -224,6 +224,8 @@ def test_bare_list_gold_reads_a_bracketed_prediction_as_a_list():
     assert verdict.equal and verdict.pred_extracted == "[1, 9]"  # shown as written
     assert not grade_text("[1, 9]", "1, 9").equal  # an interval is not its two end points
     assert not grade_text("1, 9", "[1, 10]").equal and not grade_text("1, 9, 10", "[1, 9]").equal
+    assert grade_text("1, 9", "\\left[1, 9\\right]").equal
+    assert not grade_text("1, 2, 3", "[1, 2] + [3, 4]").equal  # brackets that do not enclose the answer stay
 
 
 def test_published_gsm8k_regrades_hold(grader):
