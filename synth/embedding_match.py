@@ -47,27 +47,49 @@ class Match:
 
 
 class TextEmbedder:
+    """Mean-pooled last hidden states of the checkpoint's base model (``AutoModel``): an encoder
+    (all-MiniLM-L6-v2, BERT) or a causal LM without its head (the vocabulary projection is most
+    of a small LM's cost and plays no part in the embedding)."""
+
     def __init__(self, check: EmbeddingCheck) -> None:
-        from llm.loading import load_model, load_tokenizer
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        from llm.loading import (
+            load_tokenizer,
+            pick_device,
+            resolve_model_path,
+            torch_dtype,
+        )
 
         self.check = check
         self.tokenizer = load_tokenizer(check.model)
-        self.model = load_model(check.model, dtype=check.dtype, device=check.device)
+        device = pick_device(check.device)
+        hf_logging.disable_progress_bar()  # as llm.loading: a bar per load buries the run's own output
+        self.model = AutoModel.from_pretrained(resolve_model_path(check.model),
+                                               dtype=torch_dtype(check.dtype, device)).to(device).eval()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 rows, one per text."""
+        """Unit-length float32 rows, one per text, in the order given."""
         import torch
 
+        # Batches of similar lengths pad little: sort by length, embed, put the rows back.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         rows = []
         for lo in range(0, len(texts), self.check.batch_size):
-            batch = self.tokenizer(list(texts[lo : lo + self.check.batch_size]), padding=True, truncation=True,
-                                   max_length=self.check.max_length, return_tensors="pt").to(self.model.device)
+            chunk = [texts[i] for i in order[lo : lo + self.check.batch_size]]
+            batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.check.max_length,
+                                   return_tensors="pt").to(self.model.device)
             with torch.no_grad():
-                hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1].float()
+                hidden = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             rows.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, 1), dtype=np.float32)
+        if not rows:
+            return np.zeros((0, 1), dtype=np.float32)
+        vectors = np.empty((len(texts), rows[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(rows)
+        return vectors
 
 
 class BenchmarkEmbeddings:
