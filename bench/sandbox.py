@@ -17,7 +17,10 @@ the neighbours):
   execution's share of the pool's time, ``1/full - 1/without``;
 * ``sandbox_without_all``: every per-execution protection off (the launcher's namespaces, the uid
   and the rlimits remain): what the per-execution isolation costs in all;
-* ``sandbox_full_seq``: the full sandbox, one ``run`` at a time (the latency of one execution).
+* ``sandbox_full_seq``: the full sandbox, one ``run`` at a time (the latency of one execution);
+* ``sandbox_full_notebook``: the full sandbox running each snippet as program checks do
+  (``sandbox.notebook.notebook_program``: parsed and run as a notebook cell, its last expression
+  echoed); ``cost_ms`` is what that adds to one execution.
 
 Then ``--sympy-snippets`` snippets that import sympy (the workers have it preloaded; a fresh
 interpreter pays the import every time). Every variant's outputs are checked against the
@@ -37,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sandbox import Sandbox  # noqa: E402
+from sandbox.notebook import notebook_program  # noqa: E402
 
 LEFT_OFF = {"pid": ["pid", "proc"], "proc": ["proc"], "tmp": ["tmp", "proc"], "ipc": ["ipc"], "seccomp": ["seccomp"],
             "memcg": ["memcg"], "all": ["pid", "proc", "tmp", "ipc", "seccomp", "memcg"]}
@@ -83,6 +87,11 @@ def in_sandbox(box: Sandbox) -> Callable[[list[str]], list[str]]:
     return run
 
 
+def as_notebook(box: Sandbox) -> Callable[[list[str]], list[str]]:
+    run = in_sandbox(box)
+    return lambda batch: run([notebook_program([code]) for code in batch])
+
+
 def one_at_a_time(box: Sandbox) -> Callable[[list[str]], list[str]]:
     return lambda batch: [box.run(code).stdout for code in batch]
 
@@ -114,6 +123,8 @@ def report(label: str, codes: list[str], best: dict[str, float]) -> None:
         cost = ""
         if full and name.startswith("sandbox_without_"):
             cost = f" cost_ms={1e3 * (1 / full - 1 / rate):.2f} full_vs_this={full / rate:.2f}"
+        if full and name == "sandbox_full_notebook":
+            cost = f" cost_ms={1e3 * (1 / rate - 1 / full):.2f} full_vs_this={full / rate:.2f}"
         print(f"{label}[{name}] snippets={len(codes)} execs/s={rate:.1f} {ratios}{cost}", flush=True)
 
 
@@ -139,11 +150,13 @@ def main() -> None:
         variants = {"subprocess_seq": subprocess_seq, "subprocess_2threads": subprocess_threads}
         variants.update({name: in_sandbox(box) for name, box in boxes.items()})
         variants["sandbox_full_seq"] = one_at_a_time(full)
+        variants["sandbox_full_notebook"] = as_notebook(full)
         codes = arithmetic_snippets(args.snippets)
         report("arithmetic", codes, best_rates("arithmetic", codes, variants, args.repeat))
         if args.sympy_snippets:
             codes = sympy_snippets(args.sympy_snippets)
-            sympy_variants = {"subprocess_2threads": subprocess_threads, "sandbox_full": in_sandbox(full)}
+            sympy_variants = {"subprocess_2threads": subprocess_threads, "sandbox_full": in_sandbox(full),
+                              "sandbox_full_notebook": as_notebook(full)}
             report("sympy", codes, best_rates("sympy", codes, sympy_variants, 1))
     finally:
         for box in boxes.values():
