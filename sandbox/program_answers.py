@@ -68,7 +68,7 @@ class ProgramCheck:
     stdout_tail: str
     stderr_tail: str | None  # only when the program failed
     printed_answer: str | None  # the last printed value (the program's answer as printed)
-    grade: str | None  # how it compared: "rounded", or the grader's reason
+    grade: str | None  # "rounded", "equal", "numbers_differ", "output_truncated", or the grader's reason
     reason: str | None  # None: the program prints the boxed answer
     compared: str | None = None  # what was found equal to the boxed answer (or first compared)
 
@@ -158,14 +158,17 @@ def numbers_agree(printed: str, boxed: str) -> str | None:
     value = printed_number(printed)
     if match is None or value is None:
         return None
-    exponent = int(match.group("exp") or 0)
     decimals = len(match.group("frac") or "")
     digits = f"{match.group('int').replace(',', '') or '0'}.{match.group('frac') or '0'}"
-    target = float(digits) * 10.0 ** exponent * (-1 if match.group("sign") == "-" else 1)
+    try:  # (a box's "10^{99999}" is no float)
+        exponent = int(match.group("exp") or 0)
+        target = float(digits) * 10.0 ** exponent * (-1 if match.group("sign") == "-" else 1)
+        half_unit = 0.5 * 10.0 ** (exponent - decimals)
+    except (OverflowError, ValueError):
+        return None
     values = [value]
     if "%" in boxed and "%" not in printed:  # a percentage printed as a fraction: 0.405 for 40.5%
         values.append(value * 100)
-    half_unit = 0.5 * 10.0 ** (exponent - decimals)
     if decimals and any(abs(v - target) <= half_unit * (1 + 1e-9) for v in values):
         return "rounded"
     integer = not decimals and exponent >= 0 or any(v == int(v) for v in values)
