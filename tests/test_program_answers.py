@@ -206,6 +206,7 @@ def test_the_answer_line_and_its_label():
     ("10000", r"10,000\ V", "equal"),
     ("2", "2x", None),  # no plain number: the grader decides
     ("2*x", "2.0", None),
+    ("3", r"1 \times 10^{99999}", None),  # no float: not decided here
     ("1", "1, 9", None),
 ])
 def test_numbers_are_decided_here(printed, boxed, verdict):
