@@ -19,11 +19,12 @@ Policies the fast path enforces before math-verify may say "equal" (math-verify 
 exactly where a false "equal" is worst):
 
 * An equation never equals a bare value. A left side that only names a quantity ("x = 3",
-  "a_1 = 3", "f(x) = 3", "(x, y) = (1, 2)", "AB = 4", "A:B = 1:2") labels the value, so
-  "x = 3" equals "3" and "y = 2x + 1" equals "2x + 1" and also the equation "2x - y + 1 = 0";
-  a left side with a digit or a "+"/"-" ("x + y = 3", "2x = 6", "x^2 = 4") makes an equation,
-  which is not "3" or "6" (math-verify compares an equation with its right-hand side). A
-  chain "x = 5 + 6 = 11" is its last member.
+  "a_1 = 3", "f(x) = 3", "f(3) = 12", "(x, y) = (1, 2)", "AB = 4", "A:B = 1:2") labels the
+  value, so "x = 3" equals "3" (either way round: the label is dropped when the other side is
+  a bare value) and "y = 2x + 1" equals "2x + 1" and also the equation "2x - y + 1 = 0"; a
+  left side with a digit or a "+"/"-" ("x + y = 3", "2x = 6", "x^2 = 4", "x(x+1) = 6") makes
+  an equation, which is not "3" or "6" (math-verify compares an equation with its right-hand
+  side). A chain "x = 5 + 6 = 11" is its last member.
 * Derivatives count: "g'(t)" is not "g(t)" (math-verify drops the prime). The number of
   primes (``'`` or ``\\prime``) must agree, labels aside ("f'(x) = 2x" is "2x").
 * Brackets say what an answer is, and the gold says which reading applies: a gold that is a
@@ -84,12 +85,19 @@ _PRIME_RE = re.compile(r"(?<=[A-Za-z)}'])'|\\prime(?![A-Za-z])")
 _ITEM_GLUE_RE = re.compile(r"\\text\s*\{\s*(?:,|and|or)?\s*\}|\\q?quad(?![A-Za-z])|\\\\|\band\b|\bor\b|;")
 
 
+# The usual function names (not x or t: "x(x+1) = 6" is a product, so an equation).
+_FUNCTION_AT_RE = re.compile(r"(?:(?<![A-Za-z\\])[fghpqFGHPQ]|\\[A-Za-z]+)(?:'+|\^\{?-1\}?)?\([^()]*\)")
+
+
 def _names_a_quantity(lhs: str) -> bool:
     """Whether the left side of "=" only names what the answer gives: a symbol ("x", "a_1",
     "f(x)", "g'(t)", "\\theta"), a tuple of them, or a quantity written with names only
-    ("AB", "|AB|", "A:B", "\\frac{NO}{BO}"). A digit (subscripts aside) or a "+"/"-" makes it
-    an expression, so the answer is an equation: "x + y = 3", "2x = 6", "x^2 = 4"."""
+    ("AB", "|AB|", "A:B", "\\frac{NO}{BO}"), or a function at a point ("f(3)"). A digit
+    (subscripts aside) or a "+"/"-" makes it an expression, so the answer is an equation:
+    "x + y = 3", "2x = 6", "x^2 = 4", "x(x+1) = 6"."""
     s = re.sub(r"_\{[^{}]*\}|_\w|\\(?:left|right)(?![A-Za-z])|\\[,;:! ]|\s", "", lhs)
+    # a function's value at a point names a quantity too: "f(3)", "g'(2)", "f^{-1}(4)", "\log(8)"
+    s = _FUNCTION_AT_RE.sub("f", s)
     return bool(s) and not re.search(r"\d|[-+<>]|\\(?:pm|mp|cdot|times)(?![A-Za-z])", s)
 
 
@@ -99,7 +107,7 @@ def _form(answer: str) -> tuple[str, str, str]:
     as "x = 5 + 6 = 11", whose last member is its value), else "assignment"."""
     s = re.sub(r"\$|\\(?:left|right)(?![A-Za-z])", "", answer)
     kinds, values, labels = set(), [], []
-    for item in _items(_ITEM_GLUE_RE.sub(",", s)):
+    for item in (item for item in _items(_ITEM_GLUE_RE.sub(",", s)) if item.strip()):
         equals = list(_EQUALS_RE.finditer(_depth0(item)))
         if len(equals) != 1:
             kinds.add("value")
@@ -169,6 +177,18 @@ def list_as_gold_reads_it(gold: str, pred: str) -> str:
             if len(_items(body)) == n_items:
                 return body.strip()
     return pred
+
+
+def comparable(gold: str, pred: str) -> tuple[str, str]:
+    """The two answers as compared (the module doc's policies): a bracketed prediction of a
+    bare list gold unwrapped, and the label of one side dropped when the other side is a bare
+    value and there is one label ("f(3) = 12" against "12", either way round)."""
+    pred = list_as_gold_reads_it(gold, pred)
+    (gold_kind, gold_values, gold_labels), (pred_kind, pred_values, pred_labels) = _form(gold), _form(pred)
+    # one label only: "p=5,q=2;p=7,q=2" flattened would lose its grouping (math-verify reads it)
+    if {gold_kind, pred_kind} == {"assignment", "value"} and "," not in gold_labels + pred_labels:
+        return (gold_values if gold_kind == "assignment" else gold), (pred_values if pred_kind == "assignment" else pred)
+    return gold, pred
 
 
 def _encloses(text: str) -> bool:
@@ -344,18 +364,23 @@ def prepare(
         return Verdict(False, None, pred.answer, "error", "no answer found in the gold text")
     if pred.answer is None:
         return Verdict(False, gold.answer, None, "no_answer")
-    # what is compared; the verdict still shows the prediction as written
-    compared = replace(pred, answer=list_as_gold_reads_it(gold.answer, pred.answer)) if answer_type == "expression" else pred
-    fast = fast_verdict(gold.answer, compared.answer or "", answer_type, rel_tol=rel_tol, final=gold.strong and pred.strong)
+    # what is compared; the verdict still shows both answers as written
+    gold_compared, pred_compared = gold, pred
+    if answer_type == "expression":
+        gold_text, pred_text = comparable(gold.answer, pred.answer)
+        gold_compared, pred_compared = replace(gold, answer=gold_text), replace(pred, answer=pred_text)
+    final = gold.strong and pred.strong
+    fast = fast_verdict(gold_compared.answer or "", pred_compared.answer or "", answer_type, rel_tol=rel_tol, final=final)
     if fast is not None:
         return Verdict(fast, gold.answer, pred.answer, "match" if fast else "mismatch")
-    return _SlowJob(_math_input(gold), _math_input(compared), gold.answer, pred.answer, not gold.strong, not pred.strong)
+    return _SlowJob(_math_input(gold_compared), _math_input(pred_compared), gold.answer, pred.answer,
+                    not gold.strong, not pred.strong)
 
 
 def answers_equal(gold: str, pred: str, answer_type: AnswerType, *, rel_tol: float = REL_TOL) -> bool:
     """Whether two already extracted answers are equal. Unbounded time on the slow path."""
     if answer_type == "expression":
-        pred = list_as_gold_reads_it(gold, pred)
+        gold, pred = comparable(gold, pred)
     fast = fast_verdict(gold, pred, answer_type, rel_tol=rel_tol)
     if fast is not None:
         return fast

@@ -205,7 +205,8 @@ def test_equation_and_derivative_forms_both_orders():
     for gold, pred, equal in [("g'(t)", "g(t)", False), ("x+y=3", "3", False), ("2x = 6", "6", False),
                               ("x = 3", "3", True), ("f(x) = 3", "3", True), ("f'(x) = 2x", "2x", True),
                               ("f'(x) = 2x", "f(x) = 2x", False), ("y = 2x + 1", "2x - y + 1 = 0", True),
-                              ("x = 5 + 6 = 11", "11", True), ("12", "2^{2005}", False)]:
+                              ("x = 5 + 6 = 11", "11", True), ("12", "2^{2005}", False),
+                              ("f(3) = 12", "12", True), ("x(x+1) = 6", "6", False), ("AB = 4, CD = 5", "4, 5", True)]:
         assert answers_equal(gold, pred, "expression") is equal, (gold, pred)
         assert answers_equal(pred, gold, "expression") is equal, (pred, gold)
 
