@@ -116,11 +116,13 @@ _ANCHOR_RE = re.compile(f"(?:{ANSWER_PHRASES})", re.IGNORECASE)
 # The many-language pattern is 5x slower to scan (its branches share no first character), so
 # a text gets it only when a cheap look finds a sign of another language.
 _ENGLISH_ANCHOR_RE = re.compile(r"\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####", re.IGNORECASE)
-_OTHER_LANGUAGE_WORDS = ("respuesta", "resposta", "risposta", "antwort", "reponse")
+_OTHER_LANGUAGE_WORDS = ("respuesta", "resposta", "risposta", "antwort", "ponse")
+# Cyrillic, Arabic, kana, CJK ideographs, Hangul: one character class, so one fast scan
+_OTHER_SCRIPT_RE = re.compile("[\u0400-\u04ff\u0600-\u06ff\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]")
 
 
 def _anchor_re(text: str) -> re.Pattern[str]:
-    if not text.isascii():
+    if not text.isascii() and _OTHER_SCRIPT_RE.search(text):
         return _ANCHOR_RE
     lowered = text.lower()
     return _ANCHOR_RE if any(word in lowered for word in _OTHER_LANGUAGE_WORDS) else _ENGLISH_ANCHOR_RE
