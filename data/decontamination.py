@@ -156,6 +156,10 @@ class Decontaminator:
         evidence (and which count towards how common a window is)."""
         if not 0 <= min_coverage <= 1:
             raise ValueError(f"min_coverage must be in [0, 1], got {min_coverage}")
+        for name, value in (("n", n), ("min_short_words", min_short_words), ("common_ngram", common_ngram),
+                            ("common_df", common_df)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self.n, self.min_short_words, self.min_coverage = n, min_short_words, min_coverage
         self.common_ngram, self.common_df = common_ngram, common_df
         self.items: list[tuple[str, str]] = []

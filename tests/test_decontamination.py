@@ -126,6 +126,8 @@ def test_canonical_math_reads_two_typings_alike():
 def test_bad_settings_fail_early():
     with pytest.raises(ValueError, match="min_coverage"):
         Decontaminator(ITEMS, min_coverage=1.5)
+    with pytest.raises(ValueError, match="common_df must be at least 1, got 0"):
+        Decontaminator(ITEMS, common_df=0)
     from data.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown reference pool 'nope'"):
