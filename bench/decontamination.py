@@ -50,7 +50,8 @@ def run_rule(name: str, texts: list[str], **settings) -> dict:
     checker = Decontaminator.from_benchmarks(**settings)
     build = time.perf_counter() - start
     start = time.perf_counter()
-    flagged = sum(r.contaminated for lo in range(0, len(texts), BATCH) for r in checker.check_many(texts[lo : lo + BATCH]))
+    flagged = sum(r.contaminated for lo in range(0, len(texts), BATCH)
+                  for r in checker.check_many(texts[lo : lo + BATCH]))
     check = time.perf_counter() - start
     return {"rule": name, "build_s": build, "mib": checker.nbytes / 2**20, "check_s": check, "flagged": flagged}
 

@@ -339,6 +339,8 @@ class Decontaminator:
 
     def _covered(self, hit_text, hit_entry, hit_at) -> dict[int, tuple[int, int, float, str]]:
         """The coverage rules, for every (text, part) pair that shares a gram at once."""
+        if len(hit_text) == 0:
+            return {}
         part = self.entry_part[hit_entry].astype(np.int64)
         begin = self.entry_start[hit_entry].astype(np.int64)
         order = np.lexsort((begin, part, hit_text))
@@ -362,12 +364,11 @@ class Decontaminator:
         hit = verbatim | ((coverage >= self.min_coverage) & (weight > 0))
         score = np.where(verbatim, 1.0, coverage)
 
-        # Report the earliest specific gram of a group (any gram when none is specific).
-        rank = np.where(specific, 0, 1) * (1 << 40) + at
-        first_of = {}
-        for g, r, e, a in zip(group.tolist(), rank.tolist(), entry.tolist(), at.tolist()):
-            if g not in first_of or r < first_of[g][0]:
-                first_of[g] = (r, e, a)
+        # Report the earliest specific gram of a group (any gram when none is specific): after
+        # sorting by (group, rank), the first row of each group, in the order of ``groups``.
+        rank = np.where(specific, 0, 1 << 40) + at
+        pick = np.lexsort((rank, group))
+        lead = pick[np.flatnonzero(np.r_[True, group[pick][1:] != group[pick][:-1]])]
         found: dict[int, tuple[int, int, float, str]] = {}
         best: dict[int, tuple[float, int]] = {}
         for i in np.flatnonzero(hit).tolist():
@@ -375,6 +376,6 @@ class Decontaminator:
             key = (-s, int(self.part_item[p]))  # highest score, then registry order
             if t not in best or key < best[t]:
                 best[t] = key
-                _, e, a = first_of[int(groups[i])]
-                found[t] = (e, a, round(s, 4), "verbatim" if verbatim[i] else "coverage")
+                rule = "verbatim" if verbatim[i] else "coverage"
+                found[t] = (int(entry[lead[i]]), int(at[lead[i]]), round(s, 4), rule)
         return found
