@@ -102,7 +102,7 @@ def boxed_answer(text: str) -> str | None:
 # alternative, so a completion in Chinese or Spanish states its answer as an English one does.
 # CJK phrases have no \b: there are no spaces between CJK words.
 ANSWER_PHRASES = (
-    r"\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####"
+    r"\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####(?![ \t*_]*[^\W\d_])"
     r"|\brespuesta(?:\s+(?:final|correcta))?\s+es\s*:?|\brespuesta(?:\s+final)?\s*:"  # es
     r"|\br[ée]ponse(?:\s+(?:finale|correcte))?\s+est\s*:?|\br[ée]ponse(?:\s+finale)?\s*:"  # fr
     r"|\bantwort\s+(?:ist|lautet)\s*:?|\bantwort\s*:"  # de
@@ -115,7 +115,8 @@ ANSWER_PHRASES = (
 _ANCHOR_RE = re.compile(f"(?:{ANSWER_PHRASES})", re.IGNORECASE)
 # The many-language pattern is 5x slower to scan (its branches share no first character), so
 # a text gets it only when a cheap look finds a sign of another language.
-_ENGLISH_ANCHOR_RE = re.compile(r"\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####", re.IGNORECASE)
+# "####" is GSM8K's answer marker only when a value follows it: "#### Part (c)" is a Markdown heading.
+_ENGLISH_ANCHOR_RE = re.compile(r"\banswer\s+is\s*:?|\banswer\s*\**\s*:\**|####(?![ \t*_]*[^\W\d_])", re.IGNORECASE)
 _OTHER_LANGUAGE_WORDS = ("respuesta", "resposta", "risposta", "antwort", "ponse")
 # Cyrillic, Arabic, kana, CJK ideographs, Hangul: one character class, so one fast scan
 _OTHER_SCRIPT_RE = re.compile("[\u0400-\u04ff\u0600-\u06ff\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]")

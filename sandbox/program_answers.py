@@ -130,6 +130,9 @@ def _outcome(result: Any, tail_chars: int) -> ProgramCheck:
     return check
 
 
+_PYTHON_LIST = re.compile(r"\s*\[[^\[\]]*,[^\[\]]*\]\s*")
+
+
 def _compare_here(check: ProgramCheck, boxed: str) -> list[tuple[str, str]]:
     """Decide plain numbers here (accepting ``check`` when one agrees); the rest, as (what to
     compare, answer type), is for the grader."""
@@ -143,6 +146,8 @@ def _compare_here(check: ProgramCheck, boxed: str) -> list[tuple[str, str]]:
             check.grade, check.compared = check.grade or "numbers_differ", check.compared or candidate
         elif (shown := for_grader(candidate)) is not None:
             to_grade.append((shown, "expression"))
+            if _PYTHON_LIST.fullmatch(candidate):  # a boxed "[0, 1, 0]" is a list too, not the interval a bracket reads as
+                to_grade.append((f"\\boxed{{{candidate.strip()}}}", "expression"))
         if _TEXT_BOX.fullmatch(boxed):
             to_grade.append((candidate, "text"))
     return to_grade

@@ -15,12 +15,16 @@ contaminated or malformed):
 ``length``           ``problem_too_short`` / ``problem_too_long`` / ``solution_too_short`` /
                      ``solution_too_long``: words outside math plus tokens inside it
                      (:func:`data.text.count_tokens`), so "Evaluate $\\binom{7}{3}$." counts 4.
-``decontamination``  ``contaminated``: the problem or the solution shares a word 13-gram with a
-                     shipped benchmark test set (:class:`data.decontamination.Decontaminator`);
+``decontamination``  ``contaminated``: the problem or the solution is a shipped benchmark test
+                     question (normalised whole match), copies one verbatim, or shares 13-grams
+                     covering 40% of its distinctive words (:class:`data.decontamination.Decontaminator`);
                      with ``embedding.enabled``, also a problem whose embedding has cosine >=
                      ``embedding.threshold`` with a benchmark question (:mod:`synth.embedding_match`).
-``code_check``       ``code_failed`` / ``code_answer_mismatch``: the tool solution's program is run
-                     in the sandbox and must print its boxed answer (:mod:`sandbox.program_answers`).
+``code_check``       ``code_failed`` / ``code_missing_module`` / ``code_answer_mismatch``: the tool
+                     solution's python blocks run in order in one sandboxed interpreter (a final
+                     bare expression echoed, as a notebook does) and must print its final answer
+                     (:mod:`sandbox.program_answers`); an import of a package the sandbox lacks is
+                     ``code_missing_module``, not a wrong answer.
 ``consistency``      ``inconsistent``: samples of one text window that pose the same problem
                      (word 5-gram Jaccard >= ``same_problem_jaccard``) must agree on its answer
                      (eval's grader); a sample outside a strict majority of its group is dropped,
@@ -86,9 +90,20 @@ class LengthFilter(StrictConfig):
 
 
 class DecontaminationFilter(StrictConfig):
+    """The rules and their knobs: :mod:`data.decontamination` (exact match of a normalised whole
+    question; a question of ``ngram``+ words copied verbatim; or shared n-grams covering
+    ``min_coverage`` of its distinctive words, generic spans and train-set templates not counted)."""
+
     enabled: bool = True
     benchmarks: list[str] | None = Field(None, description="registry names; default: every shipped test set")
     ngram: int = Field(13, ge=4)
+    min_short_words: int = Field(6, ge=1, description="shorter questions are matched whole (normalised), not by n-grams")
+    min_coverage: float = Field(0.4, ge=0, le=1, description="share of a question's distinctive words the shared "
+                                                            "n-grams must cover; 0 = any shared n-gram")
+    common_ngram: int = Field(6, ge=1, description="window size that decides whether a word is distinctive")
+    common_df: int = Field(3, ge=1, description="a window in more benchmark/train questions than this is generic")
+    reference: list[str] = Field(["math_train", "gsm8k_train"], description="pools whose questions are not evidence "
+                                                                            "(n-grams shared with them do not count)")
     fields: tuple[str, ...] = ("problem", "solution")
     embedding: EmbeddingCheck = Field(default_factory=EmbeddingCheck)
 
@@ -172,8 +187,11 @@ class RecordFilters:
         """``cache_dir``: where the benchmark embeddings are kept (only with ``embedding.enabled``)."""
         self.format, self.length, self.decontamination = format, length, decontamination
         self.code_check, self.consistency = code_check, consistency
-        self.decontaminator = (Decontaminator.from_benchmarks(decontamination.benchmarks, decontamination.ngram)
-                               if decontamination.enabled else None)
+        self.decontaminator = (Decontaminator.from_benchmarks(
+            decontamination.benchmarks, decontamination.ngram, decontamination.min_short_words,
+            min_coverage=decontamination.min_coverage, common_ngram=decontamination.common_ngram,
+            common_df=decontamination.common_df, reference=decontamination.reference)
+            if decontamination.enabled else None)
         self.embeddings = None
         if decontamination.enabled and decontamination.embedding.enabled:
             self.embeddings = BenchmarkEmbeddings(decontamination.embedding, decontamination.benchmarks,
@@ -233,7 +251,8 @@ class RecordFilters:
                 if hit.contaminated and outcomes[i].reason is None:
                     outcomes[i].reason = "contaminated"
                     outcomes[i].details["contamination"] = {"field": name, "benchmark": hit.benchmark,
-                                                            "record_id": hit.record_id, "ngram": hit.ngram}
+                                                            "record_id": hit.record_id, "ngram": hit.ngram,
+                                                            "rule": hit.rule, "coverage": hit.coverage}
         if self.embeddings is not None:
             live = [i for i in live if outcomes[i].reason is None]
             threshold = self.decontamination.embedding.threshold

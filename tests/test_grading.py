@@ -328,3 +328,15 @@ def test_grade_pairs_names_file_and_line(tmp_path, bad_line, message):
     with pytest.raises(InputError, match=rf"pairs\.jsonl:2: .*{message}"):
         grade_pairs(pairs, out)
     assert out.getvalue() == ""  # nothing graded from a bad file
+
+
+@pytest.mark.parametrize("text,answer", [
+    ("We compare them.\n\n#### Part (c)\n\nThe first time is larger, by 3 minutes.", "3"),
+    ("#### Step 4: Conclusion\n\nSo the group has order $15$.", "15"),
+    ("She pays 5 dollars.\n#### 5", "5"),
+])
+def test_a_markdown_heading_is_not_the_gsm8k_answer_marker(text, answer):
+    from eval.extraction import locate_answer
+
+    located = locate_answer(text)
+    assert located.answer == answer and (located.how == "anchor") == text.endswith("#### 5")

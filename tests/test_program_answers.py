@@ -211,3 +211,9 @@ def test_the_answer_line_and_its_label():
 ])
 def test_numbers_are_decided_here(printed, boxed, verdict):
     assert numbers_agree(printed, boxed) == verdict
+
+
+def test_a_printed_python_list_matches_the_same_list_boxed_with_brackets(sandbox, grader):
+    code = 'print("Images: [0, 1, 0, 1, 0, 1]")'
+    checks = check_programs([code, code], ["[0, 1, 0, 1, 0, 1]", "0, 1, 0, 1, 0, 1"], sandbox, grader)
+    assert [c.reason for c in checks] == [None, None]

@@ -285,18 +285,20 @@ def test_bad_input_is_a_one_line_error_naming_file_and_line(tmp_path):
 
 def test_embedding_similarity_catches_a_short_benchmark_question_the_ngram_check_cannot(tiny_model, tmp_path):
     short = next(r for r in load_benchmark("math500") if r.id == "math500/test/31").question  # "Simplify $\sqrt{242}$."
-    rows = [record("copied", problem=short), record("clean")]
+    near = short.replace("$.", "$ now.")  # one word more: no whole-problem match, and too short for n-grams
+    rows = [record("copied", problem=near), record("clean")]
     decontamination = {"benchmarks": ["math500"], "embedding": {"enabled": True, "model": str(tiny_model),
-                                                                  "threshold": 0.9999, "max_length": 64}}
+                                                                  "threshold": 0.97, "max_length": 64}}
     checker = RecordFilters(FormatFilter(), LengthFilter(enabled=False),
                             DecontaminationFilter.model_validate(decontamination), CodeCheckFilter(enabled=False),
                             ConsistencyFilter(), cache_dir=tmp_path)
-    assert checker.decontaminator.check(short).contaminated is False  # too short for the n-gram check
+    assert checker.decontaminator.check(short).rule == "exact"  # the copy itself: a whole-problem match
+    assert checker.decontaminator.check(near).contaminated is False
     outcomes = checker.check(rows)
     assert outcomes[0].reason == "contaminated"
     assert outcomes[0].details["contamination"]["record_id"] == "math500/test/31"
-    assert outcomes[0].details["contamination"]["cosine"] >= 0.9999
-    assert outcomes[1].reason is None and outcomes[1].details["benchmark_cosine"] < 0.9999
+    assert outcomes[0].details["contamination"]["cosine"] >= 0.97
+    assert outcomes[1].reason is None and outcomes[1].details["benchmark_cosine"] < 0.97
     assert len(list(tmp_path.glob("benchmark-embeddings-*.npy"))) == 1  # computed once, reused by every shard
     with pytest.raises(ValueError, match="model: give a checkpoint folder"):
         DecontaminationFilter.model_validate({"embedding": {"enabled": True}})
