@@ -17,7 +17,7 @@ from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 # Half the demo's texts and fewer eval problems: the same stages and code paths, a minute less of CI.
-SMALLER = ("--set", "shared.texts=96", "--set", "shared.eval_limit=8")
+SMALLER = ("--set", "shared.texts=96", "--set", "shared.eval_limit=8", "--set", "shared.synth_epochs=24")
 
 def demo(workdir: Path, cwd: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
