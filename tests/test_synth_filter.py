@@ -388,9 +388,10 @@ def test_an_existing_dataset_of_problems_is_filtered_like_generated_records(tmp_
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "x", "question": "no text"}) + "\n")
+    quick = {"decontamination": {"enabled": False}, "code_check": {"enabled": False}}  # only reading is tested here
     with pytest.raises(Exception, match=r"bad.jsonl:2: neither a string 'text' nor"):
-        run_synth_filter(filter_config(tmp_path, bad, "out-bad"), Shard(0, 1))
-    run_synth_filter(filter_config(tmp_path, bad, "out-skip", rows={"policy": "skip"}), Shard(0, 1))
+        run_synth_filter(filter_config(tmp_path, bad, "out-bad", **quick), Shard(0, 1))
+    run_synth_filter(filter_config(tmp_path, bad, "out-skip", rows={"policy": "skip"}, **quick), Shard(0, 1))
     assert [r["id"] for r in dataset(tmp_path / "out-skip")] == ["jz-1"]
 
 
@@ -401,7 +402,8 @@ def test_answer_rule_boxed_only_or_any_stated_answer(tmp_path):
                                            "the items by the capacity, as claimed."}
     outcomes = {}
     for rule in ("boxed", "stated", "optional"):
-        checker = filters(format=FormatFilter(answer=rule), consistency=ConsistencyFilter())
+        checker = filters(format=FormatFilter(answer=rule), consistency=ConsistencyFilter(),
+                          decontamination=DecontaminationFilter(enabled=False))  # (no index build: 4 s each)
         try:
             outcomes[rule] = [o.reason for o in checker.check([dict(stated), dict(proof)])]
         finally:
