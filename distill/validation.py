@@ -50,6 +50,7 @@ from data.stage_prompts.parsing import (
     is_answer,
     parse_completion,
     solution_leaked,
+    squash,
 )
 from data.text import count_tokens, count_words, find_boxes
 from eval.grading import Grader
@@ -132,12 +133,8 @@ def cheating_rule(parsed: ParsedOutput, min_solution_words: int) -> str | None:
     return None
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"[\s$]+", "", text)
-
-
 def _problem_gives_answer(problem: str, answer: str) -> bool:
-    target = _squash(answer)
+    target = squash(answer)
     if not target:
         return False
     # The answer verbatim (spacing and $ aside) right after "is", "=", "equals", ..., and not
@@ -156,7 +153,7 @@ def _just_prints(code: str, answer: str) -> bool:
     if len(lines) != 1:
         return False
     match = re.fullmatch(r"print\(\s*(['\"]?)(.*?)\1\s*\)", lines[0])
-    return bool(match) and _squash(match.group(2)) == _squash(answer)
+    return bool(match) and squash(match.group(2)) == squash(answer)
 
 
 # --- near duplicates -------------------------------------------------------------------------

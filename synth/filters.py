@@ -266,12 +266,13 @@ class RecordFilters:
     def _run_programs(self, records: Sequence[dict[str, Any]], outcomes: list[Outcome]) -> None:
         from sandbox.program_answers import check_programs
 
-        todo = [i for i, o in enumerate(outcomes) if o.reason is None and records[i].get("variant") == "tool"
-                and records[i].get("final_answer") and code_blocks(records[i]["solution"])]
+        programs = {i: code_blocks(records[i]["solution"]) for i, o in enumerate(outcomes)
+                    if o.reason is None and records[i].get("variant") == "tool" and records[i].get("final_answer")}
+        todo = [i for i, blocks in programs.items() if blocks]
         if not todo:
             return
-        checks = check_programs([code_blocks(records[i]["solution"]) for i in todo],
-                                [records[i]["final_answer"] for i in todo], self.sandbox, self.grader)
+        checks = check_programs([programs[i] for i in todo], [records[i]["final_answer"] for i in todo],
+                                self.sandbox, self.grader)
         for i, check in zip(todo, checks):
             outcomes[i].details.update(check.details())
             outcomes[i].reason = check.reason

@@ -146,11 +146,12 @@ def solution_leaked(problem: str, final_answer: str | None = None) -> bool:
         return True
     if final_answer is None:
         return False
-    target = _squash(final_answer)
-    return any(_squash(content) == target for _, _, content in find_boxes(problem))
+    target = squash(final_answer)
+    return any(squash(content) == target for _, _, content in find_boxes(problem))
 
 
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
+    """An answer without its spacing and dollar signs, for comparing two writings of it."""
     return re.sub(r"[\s$]+", "", text)
 
 
