@@ -153,7 +153,7 @@ function renderSidebar() {
     if (d.error) item.append(el("div", {class: "dataset-error error"}, d.error));
     if (d.bad_line_count > 0) {
       const details = el("details", {class: "bad-lines", onclick: (e) => e.stopPropagation()},
-        el("summary", {class: "error"}, `${d.bad_line_count} unreadable lines`),
+        el("summary", {class: "error"}, `${d.bad_line_count} unreadable line${d.bad_line_count === 1 ? "" : "s"}`),
         el("ul", {}, (d.bad_lines || []).map((b) => el("li", {}, `${b.file}:${b.line}: ${b.error}`))));
       item.append(details);
     }
@@ -495,16 +495,19 @@ async function loadCompare() {
   renderCompare(body);
 }
 
+const benchmarkNames = {};   // runs -> the benchmarks they share
+
 function renderCompare(body) {
   const runs = body.runs || [];
   const summary = body.summary || [];
-  // The benchmark choices come from the summary of all benchmarks; kept while one is picked.
-  const bench = $("compare-benchmark");
-  const names = [...new Set(summary.map((s) => s.benchmark).filter(Boolean))];
-  if (!state.bench || bench.options.length <= 1) {
-    bench.replaceChildren(el("option", {value: ""}, "all"), ...names.map((n) => el("option", {value: n}, n)));
-  }
-  bench.value = state.bench || "";
+  // The benchmark choices come from the summary over all benchmarks, remembered per set of runs
+  // (while one benchmark is picked the summary only names that one).
+  const runsKey = runs.join(",");
+  const seen = [...new Set(summary.map((s) => s.benchmark).filter(Boolean))];
+  if (!state.bench || !benchmarkNames[runsKey]) benchmarkNames[runsKey] = [...new Set([...seen, state.bench].filter(Boolean))];
+  $("compare-benchmark").replaceChildren(el("option", {value: ""}, "all"),
+    ...benchmarkNames[runsKey].map((n) => el("option", {value: n}, n)));
+  $("compare-benchmark").value = state.bench || "";
 
   const sum = $("compare-summary");
   sum.tHead.replaceChildren(el("tr", {}, el("th", {}, "benchmark"), el("th", {}, "subject"), el("th", {}, "level"), el("th", {}, "problems"),
