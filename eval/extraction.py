@@ -81,6 +81,11 @@ def _joins_boxes(between: str) -> bool:
     return len(cleaned) <= 40 and not re.search(r"\d", cleaned) and bool(_CONNECTOR_RE.search(cleaned))
 
 
+def boxed_contents(text: str) -> list[str]:
+    """Every box's content in order (the explorer tells "several boxed answers" apart with it)."""
+    return [content.strip() for _, _, content in _boxes(text)]
+
+
 def boxed_answer(text: str) -> str | None:
     """The last box, joined (", ") with the boxes before it that only list glue separates
     (the module doc's rule); a box repeated verbatim counts once."""

@@ -1,5 +1,5 @@
 """The ``mathsynth`` command: every stage's own command as a subcommand, plus ``generate``,
-``run`` (a whole recipe), ``submit`` (a recipe as Slurm jobs), ``status``, ``tiny-model``, ``models`` and ``demo``.
+``run`` (a whole recipe), ``submit`` (a recipe as Slurm jobs), ``status``, ``explore`` (a web page), ``tiny-model``, ``models`` and ``demo``.
 
 Every failure the user can fix (config, input data, output folder, engine) ends the run with
 one line on stderr and exit 2, before anything is half-written (see :mod:`runner.cli`).
@@ -16,6 +16,7 @@ from distill import cli as distill_cli
 from eval import cli as eval_cli
 from influence import cli as influence_cli
 from pipeline import demo, models_cli, recipe_run, recipe_submit
+from pipeline.explorer import cli as explore_cli
 from pretrain import cli as pretrain_cli
 from runner.cli import (
     add_run_args,
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.configure(commands.add_parser("demo", help="the whole recipe on the embedded default (tiny model, sample "
                                                     "corpus, stand-in teacher, CPU): configs/recipes/demo.yaml"))
 
+    explore_cli.configure(commands.add_parser("explore", help="a local web page over stage folders or a recipe: "
+                                                              "browse, lineage, compare eval runs, error patterns"))
+
     for name, (module, help_text) in STAGE_COMMANDS.items():
         module.configure(commands.add_parser(name, help=help_text))
     return parser
@@ -105,6 +109,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 HANDLERS = {"generate": cmd_generate, "status": cmd_status, "tiny-model": cmd_tiny_model, "demo": demo.run,
             "models": models_cli.run, "run": recipe_run.run, "submit": recipe_submit.submit,
+            "explore": explore_cli.run,
             **{name: module.run for name, (module, _) in STAGE_COMMANDS.items()}}
 
 
