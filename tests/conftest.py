@@ -44,6 +44,26 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts=sample_texts())
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo recipe, run once per session with a kill and a rerun (tests/demo_run.py)."""
+    from demo_run import DemoRun, run_demo_with_a_kill
+
+    if reuse := os.environ.get("MATHSYNTH_TEST_DEMO_CWD"):  # developing the tests that only read the run
+        return DemoRun(Path(reuse) / "demo", Path(reuse), killed_output="", output="")
+    return run_demo_with_a_kill(tmp_path_factory.mktemp("demo-run"))
+
+
+@pytest.fixture(scope="session")
+def explored_run(demo_run) -> Path:
+    """The demo's stage folders plus a second eval run (``eval-b``): what the explorer tests open."""
+    from demo_run import second_eval_run
+
+    if not (demo_run.workdir / "eval-b" / "manifest.json").exists():
+        second_eval_run(demo_run)
+    return demo_run.workdir
+
+
 @pytest.fixture(scope="module")
 def slurm():
     """A local Slurm for the tests of one module (tests/slurm_cluster.py), or a skip with the

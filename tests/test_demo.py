@@ -5,32 +5,13 @@ user would after ``pip install``."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from demo_run import demo, finish
 
 pytestmark = pytest.mark.slow
-# Half the demo's texts and fewer eval problems: the same stages and code paths, a minute less of CI.
-SMALLER = ("--set", "shared.texts=96", "--set", "shared.eval_limit=8", "--set", "shared.synth_epochs=24")
-
-def demo(workdir: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "demo", "--workdir", str(workdir), *SMALLER, *extra],
-                            cwd=cwd,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen, timeout: float) -> str:
-    out, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, out[-3000:]
-    return out
 
 
 def records(folder: Path) -> list[dict]:
@@ -44,19 +25,10 @@ def manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
-def test_the_demo_runs_every_stage_survives_a_kill_and_a_rerun_redoes_nothing(tmp_path):
-    workdir = tmp_path / "demo"
-    first = demo(workdir, tmp_path)
-    checkpoints = workdir / "synthesizer" / "checkpoints"
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and first.poll() is None and not any(checkpoints.glob("step-*")):
-        time.sleep(0.2)
-    assert first.poll() is None, first.communicate()[0][-3000:]
-    first.send_signal(signal.SIGKILL)  # mid synth train, one checkpoint written
-    assert "STAND-IN" in first.communicate()[0]  # the output says the teacher is a stand-in
-    assert not manifest(workdir / "synthesizer")["complete"]
-
-    out = finish(demo(workdir, tmp_path), timeout=900)
+def test_the_demo_runs_every_stage_survives_a_kill_and_a_rerun_redoes_nothing(demo_run):
+    workdir, tmp_path = demo_run.workdir, demo_run.cwd
+    assert "STAND-IN" in demo_run.killed_output  # the output says the teacher is a stand-in
+    out = demo_run.output
     assert "influence: complete (" in out and "synth_train: complete in" in out  # done before the kill; resumed
     for folder in ("influence/selection", "distill", "synthesizer", "synthetic", "synthetic-filtered",
                    "pretrain-tokens", "model", "eval"):

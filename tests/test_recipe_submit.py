@@ -31,11 +31,16 @@ JOB_ENV = {"OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLIN
 
 
 def demo_recipe(tmp: Path, base: Path, shards: int = 2) -> Path:
-    """The demo recipe with its files under ``tmp`` and synth_generate as ``shards`` array tasks."""
+    """The demo recipe with its files under ``tmp``, synth_generate as ``shards`` array tasks,
+    and the transformers engine where the demo uses vLLM."""
     recipe = yaml.safe_load(DEMO.read_text())
     recipe["workdir"] = str(tmp / "work")
     recipe["shared"].update(root=str(tmp / "root"), base=str(base), corpus=str(REPO_ROOT / recipe["shared"]["corpus"]))
     recipe["stages"]["synth_generate"]["shards"] = shards
+    # The chain is what these tests are about: generation through transformers spares each
+    # array task and the eval job a vLLM start (tests/test_demo.py runs the recipe on vLLM).
+    for stage, model in (("synth_generate", "${synth_train.output}"), ("eval", "${pretrain.output}")):
+        recipe["stages"][stage]["config"]["engine"] = {"kind": "hf", "model": model, "dtype": "float32"}
     path = tmp / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path

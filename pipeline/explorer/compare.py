@@ -88,11 +88,15 @@ def summary_rows(keys, tables, cells) -> list[dict[str, Any]]:
     groups: dict[tuple, list] = {}
     for key in keys:
         first = tables[0][key]
-        groups.setdefault((key[0], None, None), []).append(key)
-        if first["subject"] is not None or first["level"] is not None:
-            groups.setdefault((key[0], first["subject"], first["level"]), []).append(key)
+        groups.setdefault((key[0], None, None), []).append(key)  # the benchmark, then each subject and level
+        if first["subject"] is not None:
+            groups.setdefault((key[0], first["subject"], None), []).append(key)
+        if first["level"] is not None:
+            groups.setdefault((key[0], None, first["level"]), []).append(key)
     rows = []
-    for (benchmark, subject, level), members in sorted(groups.items(), key=lambda g: tuple(str(x) for x in g[0])):
+    order = lambda g: (str(g[0][0]), g[0][1] is not None or g[0][2] is not None, g[0][2] is not None,  # noqa: E731
+                       str(g[0][1]), str(g[0][2]))
+    for (benchmark, subject, level), members in sorted(groups.items(), key=order):
         runs = len(tables)
         accuracy = [100.0 * sum(cells[k][r]["majority_correct"] for k in members) / len(members) for r in range(runs)]
         passed = [100.0 * sum(cells[k][r]["pass"] for k in members) / len(members) for r in range(runs)]
