@@ -46,8 +46,13 @@ function truncate(text, n) {
   return text.length > n ? text.slice(0, n - 1) + "…" : text;
 }
 
+// The compare API gives accuracies in percent and differences in percentage points.
 function pct(x) {
-  return x === null || x === undefined ? "—" : (100 * x).toFixed(1) + "%";
+  return typeof x === "number" ? x.toFixed(1) + "%" : "—";
+}
+
+function points(x) {
+  return typeof x === "number" ? (x > 0 ? "+" : "") + x.toFixed(1) + " pt" : "—";
 }
 
 // ---------- messages and API ----------
@@ -277,12 +282,13 @@ function renderResults(body) {
   $("results").tHead.replaceChildren(el("tr", {}, el("th", {}, "#"), columns.map((c) => el("th", {
     class: c === state.sort ? "sorted" : null, title: "sort by " + c,
     onclick: () => go({sort: c, desc: c === state.sort && !state.desc ? 1 : "", off: 0})}, c))));
-  const rows = (body.rows || []).map((row) => el("tr", {class: "clickable", "data-row": row._row,
+  // "#" is the position in the result; the row id (file and line packed) stays in data-row.
+  const rows = (body.rows || []).map((row, i) => el("tr", {class: "clickable", "data-row": row._row,
       onclick: () => go({rds: state.ds, row: row._row})},
-    el("td", {class: "rownum"}, row._row),
+    el("td", {class: "rownum"}, state.off + i + 1),
     columns.map((c) => {
       const text = display(row[c]);
-      return el("td", {title: text.length > CELL_CHARS ? truncate(text, 2000) : null, class: typeof row[c] === "number" ? "num" : null},
+      return el("td", {"data-col": c, title: text.length > CELL_CHARS ? truncate(text, 2000) : null, class: typeof row[c] === "number" ? "num" : null},
                 truncate(text, CELL_CHARS));
     })));
   $("results").tBodies[0].replaceChildren(...rows);
@@ -291,7 +297,8 @@ function renderResults(body) {
   const last = Math.min(state.off + (body.rows || []).length, total);
   const ms = typeof body.elapsed_ms === "number" ? ` · ${body.elapsed_ms.toFixed(1)} ms` : "";
   $("total").textContent = `rows ${first}-${last} of ${total.toLocaleString()}${ms}`;
-  $("total").dataset.total = total;
+  // What the shown rows answer, for whoever waits on them (the browser tests).
+  Object.assign($("total").dataset, {total, q: state.q || "", filters: JSON.stringify(state.filters)});
   $("prev").disabled = state.off <= 0;
   $("next").disabled = state.off + PAGE >= total;
 }
@@ -500,24 +507,29 @@ const benchmarkNames = {};   // runs -> the benchmarks they share
 function renderCompare(body) {
   const runs = body.runs || [];
   const summary = body.summary || [];
-  // The benchmark choices come from the summary over all benchmarks, remembered per set of runs
-  // (while one benchmark is picked the summary only names that one).
+  // The benchmark choices: the API's list of every benchmark the runs hold (else those seen so far).
   const runsKey = runs.join(",");
-  const seen = [...new Set(summary.map((s) => s.benchmark).filter(Boolean))];
-  if (!state.bench || !benchmarkNames[runsKey]) benchmarkNames[runsKey] = [...new Set([...seen, state.bench].filter(Boolean))];
+  const seen = summary.map((s) => s.benchmark).filter(Boolean);
+  benchmarkNames[runsKey] = [...new Set([...(body.benchmarks || []), ...(benchmarkNames[runsKey] || []), ...seen, state.bench].filter(Boolean))].sort();
   $("compare-benchmark").replaceChildren(el("option", {value: ""}, "all"),
     ...benchmarkNames[runsKey].map((n) => el("option", {value: n}, n)));
   $("compare-benchmark").value = state.bench || "";
 
   const sum = $("compare-summary");
+  const later = runs.slice(1);   // diff: each later run against the first
   sum.tHead.replaceChildren(el("tr", {}, el("th", {}, "benchmark"), el("th", {}, "subject"), el("th", {}, "level"), el("th", {}, "problems"),
-    runs.map((r) => el("th", {}, `accuracy ${r}`)), runs.map((r) => el("th", {}, `pass@k ${r}`)), el("th", {}, "diff")));
-  sum.tBodies[0].replaceChildren(...summary.map((s) => el("tr", {"data-benchmark": s.benchmark},
-    el("td", {}, display(s.benchmark) || "all"), el("td", {}, display(s.subject) || "—"), el("td", {}, display(s.level) || "—"),
-    el("td", {class: "num"}, display(s.problems)),
-    (s.accuracy || []).map((a) => el("td", {class: "num"}, pct(a))),
-    (s.pass_at_k || []).map((a) => el("td", {class: "num"}, pct(a))),
-    el("td", {class: "num " + (s.diff > 0 ? "up" : s.diff < 0 ? "down" : "")}, typeof s.diff === "number" ? (100 * s.diff).toFixed(1) + " pt" : display(s.diff)))));
+    runs.map((r) => el("th", {}, `accuracy ${r}`)), runs.map((r) => el("th", {}, `pass@k ${r}`)),
+    later.map((r) => el("th", {}, `diff ${r}`))));
+  sum.tBodies[0].replaceChildren(...summary.map((s) => {
+    const whole = (s.subject === null || s.subject === undefined) && (s.level === null || s.level === undefined);
+    const diffs = Array.isArray(s.diff) ? s.diff : [s.diff];
+    return el("tr", {"data-benchmark": s.benchmark, class: whole ? "benchmark-total" : "subgroup"},
+      el("td", {}, display(s.benchmark)), el("td", {}, whole ? "(all)" : display(s.subject) || "—"), el("td", {}, whole ? "" : display(s.level) || "—"),
+      el("td", {class: "num"}, display(s.problems)),
+      (s.accuracy || []).map((a) => el("td", {class: "num"}, pct(a))),
+      (s.pass_at_k || []).map((a) => el("td", {class: "num"}, pct(a))),
+      diffs.map((d) => el("td", {class: "num " + (d > 0 ? "up" : d < 0 ? "down" : "")}, points(d))));
+  }));
 
   const probs = $("compare-problems");
   probs.tHead.replaceChildren(el("tr", {}, el("th", {}, "problem"), el("th", {}, "gold"),
@@ -537,7 +549,7 @@ function renderCompare(body) {
   const total = body.total || 0;
   const count = (body.problems || []).length;
   $("compare-total").textContent = `problems ${total ? state.coff + 1 : 0}-${state.coff + count} of ${total}`;
-  $("compare-total").dataset.total = total;
+  Object.assign($("compare-total").dataset, {total, show: state.show || "all", bench: state.bench || ""});
   $("compare-prev").disabled = state.coff <= 0;
   $("compare-next").disabled = state.coff + PAGE >= total;
 }
