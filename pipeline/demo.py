@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if eval_report.is_file():
         print()
         print(eval_report.read_text(encoding="utf-8"), end="")
+    print(f"\nlook at every record, its lineage and the errors: mathsynth explore {workdir}")
     return 0
 
 
