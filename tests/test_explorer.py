@@ -202,8 +202,8 @@ def test_error_patterns_group_wrong_answers_and_reject_reasons(explorer, run):
     report = explorer.error_patterns({"dataset": "eval-b"})
     assert sum(g["count"] for g in report["groups"]) == sum(not r["correct"] for r in graded)
     kinds = {g["name"] for g in report["groups"]}
-    assert kinds <= {"no answer", "truncated", "several boxed answers", "wrong number", "wrong form", "code error",
-                     "timeout"}
+    assert kinds <= {"no answer", "truncated", "several boxed answers", "wrong number", "wrong form", "wrong value",
+                     "code error", "timeout"}
     truncated = sum(not r["correct"] and r["finish_reason"] == "length" for r in graded)
     assert dict((g["name"], g["count"]) for g in report["groups"]).get("truncated", 0) == truncated
     assert {"wrong number", "several boxed answers", "no answer"} <= kinds  # the scripted student's mistakes

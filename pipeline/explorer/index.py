@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.explorer.catalog import Dataset
 
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"  # bumped when what a column holds changes: old caches are rebuilt
 CACHE_NAME = ".explore-index.duckdb"
 LINE_BITS = 32  # a row id is file_no << 32 | line: stable across refreshes, and it names the line
 SHORT_TEXT = 200  # a string field's column keeps this much (the record view shows all of it)

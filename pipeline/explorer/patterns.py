@@ -14,11 +14,13 @@ EXAMPLES = 5
 CLUSTER_LIMIT = 20_000  # wrong solutions clustered per request (the newest kinds of error show up well before)
 CLUSTER_THRESHOLD = 0.5
 _NUMBER_RE = re.compile(r"^-?[\d,]*\.?\d+(?:e[-+]?\d+)?%?$", re.IGNORECASE)
+_FRACTION_RE = re.compile(r"^-?(?:\\[dt]?frac\{-?\d+\}\{\d+\}|\d+/\d+)$")
 
 
 def eval_error_kind(record: dict[str, Any]) -> str | None:
     """The kind of a wrong eval answer (None for a right one): the first of timeout, code error,
-    truncated, no answer, several boxed answers, wrong number, wrong form that applies."""
+    truncated, no answer, several boxed answers that applies; else wrong number (a number for a
+    number), wrong form (another shape than the gold answer's) or wrong value."""
     from eval.extraction import boxed_contents
 
     if record.get("correct"):
@@ -36,15 +38,28 @@ def eval_error_kind(record: dict[str, Any]) -> str | None:
     completion = record.get("completion") or ""
     if len(set(boxed_contents(completion))) > 1:
         return "several boxed answers"
-    if _is_number(record.get("gold")) and _is_number(extracted):
+    gold_shape, answer_shape = shape(record.get("gold")), shape(extracted)
+    if gold_shape == answer_shape == "number":
         return "wrong number"
-    return "wrong form"
+    return "wrong form" if gold_shape != answer_shape else "wrong value"
 
 
-def _is_number(value: Any) -> bool:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return True
-    return isinstance(value, str) and bool(_NUMBER_RE.match(value.strip().replace("$", "").replace(" ", "")))
+def shape(answer) -> str:
+    """What kind of answer this is written as: number, equation, tuple, text or expression.
+    A wrong answer of another shape than the gold one ("x = 4" for "4", a number for an
+    interval) is a form error; of the same shape, a wrong value."""
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        return "number"
+    text = re.sub(r"\\(?:left|right|!|,|;)|\$|\s", "", str(answer))
+    if _NUMBER_RE.match(text) or _FRACTION_RE.match(text):
+        return "number"
+    if re.search(r"(?<![<>!])=", text):
+        return "equation"
+    if text[:1] in "([" and "," in text:
+        return "tuple"
+    if text.startswith("\\text") or re.fullmatch(r"[A-Za-z]{2,}", text):
+        return "text"
+    return "expression"
 
 
 def derive_columns(kind: str):
