@@ -149,6 +149,7 @@ def test_lineage_of_a_teacher_answer_reaches_its_prompt_text_and_pretraining(exp
         found = lineage_of(explorer, "distill", record["id"])
         back = {i["relation"].split(" (")[0]: i for i in found["back"]}
         assert back["source text"]["id"] == record["source_id"]
+        assert back["stage prompt"]["summary"] == record["prompt"]  # rendered again, word for word
         used = [i for i in found["forward"] if i["relation"] == "used in pretrain"]
         assert len(used) == 1 and "distill-sft" in used[0]["summary"]  # every answer is an SFT document
         samples = {r["item_key"]: r for r in lines_of(run / "synthetic")}

@@ -71,10 +71,40 @@ def lineage(indexes: list[DatasetIndex], origin: DatasetIndex, row: int, record:
                 if other.dataset.kind == "distill" and mine == "item_key" and upstream:
                     items.append({**base, "relation": "stage prompt"})
                 items.append({**base, "relation": relation(other, named)})
+    if record.get("prompt_id") and not any(i["relation"] == "stage prompt" for i in back):
+        if (prompt := stage_prompt(origin, record, back, indexes)) is not None:
+            back.insert(0, prompt)
     for other in indexes:
         if other.dataset.kind == "pretrain" and record.get("id") is not None:
             forward += pretrain_uses(other, str(record["id"]))
     return {"back": back, "forward": forward}
+
+
+def stage_prompt(origin: DatasetIndex, record: dict[str, Any], back: list[dict[str, Any]],
+                 indexes: list[DatasetIndex]) -> dict[str, Any] | None:
+    """The prompt this record was written from, rendered again from its source text window with
+    the prompt library of the run's config, when that library still gives the record's
+    ``prompt_id`` (the same wording); otherwise it says the wording is not at hand."""
+    from data.stage_prompts.library import PromptLibrary
+
+    item = {"dataset": None, "stage": None, "row": None, "id": record["prompt_id"], "relation": "stage prompt"}
+    config = origin.dataset.manifest.get("config", {})
+    stage, variant = record.get("stage"), record.get("variant")
+    source = next((i for i in back if i["relation"].startswith("source text")), None)
+    try:
+        library = PromptLibrary.load(config.get("stages_file"), config.get("variants_file"))
+        same = library.prompt_id(stage, variant) == record["prompt_id"]
+    except Exception:  # another run's library, moved or edited: say so rather than guess
+        same = False
+    if not same or source is None:
+        item["summary"] = f"{stage} / {variant} prompt {record['prompt_id']}: " + (
+            "its source text is not among these datasets" if same else "not the wording of the library at hand")
+        return item
+    by_name = {index.dataset.name: index for index in indexes}
+    text = by_name[source["dataset"]].record(source["row"])[2].get("text") or ""
+    start, end = (record.get("window") or [0, len(text)])[:2]
+    item["summary"] = library.render(stage, variant, text[start:end])
+    return item
 
 
 # --------------------------------------------------------------------------- pretraining
