@@ -81,6 +81,7 @@ def test_every_stage_folder_is_a_dataset_with_its_records(explorer, run):
     columns = {c["name"]: c for c in listed["eval"]["columns"]}
     verdicts = Counter(r["verdict"] for r in lines_of(run / "eval"))
     assert dict(columns["verdict"]["values"]) == dict(verdicts)
+    assert dict(columns["setting"]["values"]) == {"nl": len(lines_of(run / "eval"))}  # from the run's manifest
     assert columns["correct"]["type"] == "bool" and columns["usage.completion_tokens"]["type"] == "number"
 
 
@@ -319,3 +320,20 @@ def test_the_explore_command_serves_on_localhost_and_says_where(run):
     bad = subprocess.run([sys.executable, "-m", "pipeline", "explore", str(run / "eval"), "--port", "70000"],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert bad.returncode == 2 and "--port: 70000 is not a port" in bad.stderr
+
+
+def test_a_second_explorer_on_the_same_folder_builds_its_own_index(run):
+    first = subprocess.Popen([sys.executable, "-m", "pipeline", "explore", str(run / "eval"), "--port", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        next(line for line in first.stdout if line.startswith("explorer: "))  # holds the folder's cache
+        second = Explorer([run / "eval"])
+        try:
+            assert second.indexes["eval"].path.parent != run / "eval"
+            assert second.list_datasets()["datasets"][0]["records"] == len(lines_of(run / "eval"))
+        finally:
+            second.close()
+    finally:
+        first.kill()
+        first.wait()

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.explorer.catalog import Dataset
 
-INDEX_VERSION = "2"  # bumped when what a column holds changes: old caches are rebuilt
+INDEX_VERSION = "3"  # bumped when what a column holds changes: old caches are rebuilt
 CACHE_NAME = ".explore-index.duckdb"
 LINE_BITS = 32  # a row id is file_no << 32 | line: stable across refreshes, and it names the line
 SHORT_TEXT = 200  # a string field's column keeps this much (the record view shows all of it)
@@ -41,14 +41,15 @@ SYSTEM_COLUMNS = ("_row", "_file", "_line", "_offset", "_length", "_search")
 NUMBER, TEXT, BOOL = "DOUBLE", "VARCHAR", "BOOLEAN"
 
 
-def cache_path(dataset: Dataset) -> Path:
+def cache_path(dataset: Dataset, beside: bool = True) -> Path:
     folder = dataset.path
-    if dataset.kind != "corpus" and folder.is_dir() and os.access(folder, os.W_OK):
+    if beside and dataset.kind != "corpus" and folder.is_dir() and os.access(folder, os.W_OK):
         return folder / CACHE_NAME
     base = Path(os.environ.get("MATHSYNTH_EXPLORER_CACHE", Path.home() / ".cache" / "mathsynth" / "explorer"))
     base.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(str(dataset.path.resolve()).encode()).hexdigest()[:16]
-    return base / f"{dataset.path.name}-{digest}.duckdb"
+    suffix = "" if beside else f"-{os.getpid()}"
+    return base / f"{dataset.path.name}-{digest}{suffix}.duckdb"
 
 
 def row_id(file_no: int, line: int) -> int:
@@ -68,7 +69,11 @@ class DatasetIndex:
         self.path = cache_path(dataset)
         self.derive = derive  # record -> extra columns (e.g. an eval record's error kind)
         self._lock = threading.Lock()
-        self.con = duckdb.connect(str(self.path))
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except duckdb.IOException:  # another explorer holds this cache: this one builds its own
+            self.path = cache_path(dataset, beside=False)
+            self.con = duckdb.connect(str(self.path))
         self.con.execute("SET threads TO 2")
         self._prepare()
 

@@ -62,10 +62,13 @@ def shape(answer) -> str:
     return "expression"
 
 
-def derive_columns(kind: str):
-    """The extra columns a dataset kind's index keeps (see ``DatasetIndex(derive=...)``)."""
+def derive_columns(kind: str, manifest: dict[str, Any] | None = None):
+    """The extra columns a dataset kind's index keeps (see ``DatasetIndex(derive=...)``): an
+    eval record's error kind, whether it has an answer, and its run's setting (nl, tool, ...),
+    which the manifest holds once for the whole run."""
     if kind == "eval":
-        return lambda record, path: {"error_kind": eval_error_kind(record),
+        setting = (manifest or {}).get("config", {}).get("setting")
+        return lambda record, path: {"error_kind": eval_error_kind(record), "setting": setting,
                                      "no_answer": record.get("extracted") is None}
     if kind in ("synth_filter", "distill"):
         return lambda record, path: {"outcome": "rejected" if path.name.startswith("rejects-") else "kept"}

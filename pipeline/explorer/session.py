@@ -43,7 +43,7 @@ class Explorer:
                 try:
                     index = self.indexes.get(dataset.name)
                     if index is None:
-                        index = self.indexes[dataset.name] = DatasetIndex(dataset, derive_columns(dataset.kind))
+                        index = self.indexes[dataset.name] = DatasetIndex(dataset, derive_columns(dataset.kind, dataset.manifest))
                     started = time.perf_counter()
                     stats = index.refresh()
                     if stats["read"] or stats["bad"] or dataset.name not in self.columns:
