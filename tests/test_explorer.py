@@ -138,6 +138,8 @@ def test_lineage_follows_a_sample_back_to_its_text_and_forward_to_its_filter_dec
         sources = [i for i in found["back"] if i["relation"].startswith("source text")]
         assert [i["id"] for i in sources if i["dataset"] == "influence/selection"] == \
             ([sample["source_id"]] if sample["source_id"] in selected else [])
+        # the corpus file synth generate read (named in its manifest's inputs) is a dataset too
+        assert [i["id"] for i in sources if i["dataset"] == "stackexchange_math"] == [sample["source_id"]]
         decision = decisions[sample["id"]]
         expected = f"rejected by the filter: {decision['reject_reason']}" if decision.get("reject_reason") \
             else "kept by the filter"
@@ -322,15 +324,17 @@ def test_the_explore_command_serves_on_localhost_and_says_where(run):
     assert bad.returncode == 2 and "--port: 70000 is not a port" in bad.stderr
 
 
-def test_a_second_explorer_on_the_same_folder_builds_its_own_index(run):
-    first = subprocess.Popen([sys.executable, "-m", "pipeline", "explore", str(run / "eval"), "--port", "0"],
+def test_a_second_explorer_on_the_same_folder_builds_its_own_index(run, tmp_path):
+    folder = tmp_path / "eval"  # a folder no explorer of this process has opened
+    shutil.copytree(run / "eval", folder, ignore=shutil.ignore_patterns(".*"))
+    first = subprocess.Popen([sys.executable, "-m", "pipeline", "explore", str(folder), "--port", "0"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     try:
         next(line for line in first.stdout if line.startswith("explorer: "))  # holds the folder's cache
-        second = Explorer([run / "eval"])
+        second = Explorer([folder])
         try:
-            assert second.indexes["eval"].path.parent != run / "eval"
+            assert second.indexes["eval"].path.parent != folder
             assert second.list_datasets()["datasets"][0]["records"] == len(lines_of(run / "eval"))
         finally:
             second.close()

@@ -134,9 +134,24 @@ def collect(paths: list[str | Path]) -> list[Dataset]:
     for path in paths:
         for dataset in from_path(path):
             seen.setdefault(dataset.path.resolve(), dataset)
+    for dataset in list(seen.values()):  # the corpus files the stages read: where "source text" links go
+        if dataset.kind == "pretrain":
+            continue  # its files are training rows (an SFT export...), not source texts
+        for path in input_files(dataset):
+            seen.setdefault(path.resolve(), corpus_file(path))
     datasets = list(seen.values())
     _name_uniquely(datasets)
     return sorted(datasets, key=lambda d: (d.rank, d.name))
+
+
+def input_files(dataset: Dataset) -> list[Path]:
+    """The JSONL files (not stage folders) a stage output's manifest names as its inputs."""
+    found = []
+    for entry in dataset.manifest.get("inputs", []) if dataset.manifest else []:
+        path = Path(entry.get("path", "")) if isinstance(entry, dict) else None
+        if path is not None and "stage" not in entry and path.suffix == ".jsonl" and path.is_file():
+            found.append(path)
+    return found
 
 
 def _name_uniquely(datasets: list[Dataset]) -> None:
