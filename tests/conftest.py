@@ -45,6 +45,16 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vllm_server(tiny_model, tmp_path_factory):
+    """One real vLLM OpenAI-compatible server of the tiny model (served as ``tiny``) for every
+    test that talks to one: each start costs ~25 s of CI."""
+    from vllm_server import vllm_server
+
+    with vllm_server(tiny_model, tmp_path_factory.mktemp("vllm-server") / "vllm.log", max_model_len=2048) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The demo recipe, run once per session with a kill and a rerun (tests/demo_run.py)."""
     from demo_run import DemoRun, run_demo_with_a_kill

@@ -184,15 +184,13 @@ def test_a_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path, scripted_t
 
 
 @pytest.mark.slow
-def test_vllm_server_as_the_teacher_rejects_nonsense_and_keeps_nothing_invalid(tmp_path, tiny_model):
+def test_vllm_server_as_the_teacher_rejects_nonsense_and_keeps_nothing_invalid(tmp_path, tiny_vllm_server):
     from conftest import sample_texts
-    from vllm_server import vllm_server
 
     texts = write_jsonl(tmp_path / "corpus.jsonl", [{"id": f"se{i}", "text": t} for i, t in enumerate(sample_texts(12))])
-    with vllm_server(tiny_model, tmp_path / "vllm.log", max_model_len=2048) as base_url:
-        config = config_file(tmp_path, texts, base_url, "out", teacher={"model": "tiny"},
-                             variants={"cot": 0.5, "tool": 0.5}, sampling={"max_tokens": 48})
-        result = distill("--config", str(config))
+    config = config_file(tmp_path, texts, tiny_vllm_server, "out", teacher={"model": "tiny"},
+                         variants={"cot": 0.5, "tool": 0.5}, sampling={"max_tokens": 48})
+    result = distill("--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
     accepted, rejected = rows(out / "part-00000-of-00001.jsonl"), rows(out / "rejects-00000-of-00001.jsonl")

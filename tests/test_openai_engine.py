@@ -654,26 +654,24 @@ def test_identical_requests_in_flight_are_paid_once(server, tmp_path):
 
 
 @pytest.mark.slow
-def test_against_vllm_server(tiny_model, tmp_path):
-    from vllm_server import vllm_server
-
-    with vllm_server(tiny_model, tmp_path / "vllm.log", name="tiny") as url:
-        sp = SamplingParams(max_tokens=12, temperature=0.8, n=2, seed=3, stop=("\n\n",))
-        chat = [
-            GenerationRequest(id=f"c{i}", sampling=sp, messages=({"role": "user", "content": f"What is {i} + {i}?"},))
-            for i in range(8)
-        ]
-        prompts = [GenerationRequest(id=f"p{i}", sampling=sp, prompt=f"Problem {i}:") for i in range(8)]
-        for api, reqs in (("chat", chat), ("completions", prompts)):
-            cfg = make_cfg(url, tmp_path, api=api, timeout_s=60, max_in_flight=8, budget=BudgetConfig(max_calls=100))
-            with OpenAIEngine(cfg) as eng:
-                results = {r.request_id: r for r in eng.generate(reqs)}
-                assert eng.calls == len(reqs) and eng.retries == 0
-            assert sorted(results) == sorted(r.id for r in reqs)
-            for res in results.values():
-                assert len(res.completions) == 2 and all(c.finish_reason in ("stop", "length") for c in res.completions)
-                assert 0 < res.usage.prompt_tokens <= worst_case_tokens(reqs[0]) and 0 < res.usage.completion_tokens <= 24
-            with OpenAIEngine(cfg) as eng:  # the rerun is free
-                again = {r.request_id: r for r in eng.generate(reqs)}
-                assert eng.calls == 0
-            assert all(again[k].completions == results[k].completions for k in results)
+def test_against_vllm_server(tiny_vllm_server, tmp_path):
+    url = tiny_vllm_server
+    sp = SamplingParams(max_tokens=12, temperature=0.8, n=2, seed=3, stop=("\n\n",))
+    chat = [
+        GenerationRequest(id=f"c{i}", sampling=sp, messages=({"role": "user", "content": f"What is {i} + {i}?"},))
+        for i in range(8)
+    ]
+    prompts = [GenerationRequest(id=f"p{i}", sampling=sp, prompt=f"Problem {i}:") for i in range(8)]
+    for api, reqs in (("chat", chat), ("completions", prompts)):
+        cfg = make_cfg(url, tmp_path, api=api, timeout_s=60, max_in_flight=8, budget=BudgetConfig(max_calls=100))
+        with OpenAIEngine(cfg) as eng:
+            results = {r.request_id: r for r in eng.generate(reqs)}
+            assert eng.calls == len(reqs) and eng.retries == 0
+        assert sorted(results) == sorted(r.id for r in reqs)
+        for res in results.values():
+            assert len(res.completions) == 2 and all(c.finish_reason in ("stop", "length") for c in res.completions)
+            assert 0 < res.usage.prompt_tokens <= worst_case_tokens(reqs[0]) and 0 < res.usage.completion_tokens <= 24
+        with OpenAIEngine(cfg) as eng:  # the rerun is free
+            again = {r.request_id: r for r in eng.generate(reqs)}
+            assert eng.calls == 0
+        assert all(again[k].completions == results[k].completions for k in results)

@@ -7,7 +7,6 @@ import pytest
 pytest.importorskip("vllm")
 
 from conftest import sample_texts, write_jsonl  # noqa: E402
-from vllm_server import vllm_server  # noqa: E402
 
 from llm.config import OpenAIEngineConfig  # noqa: E402
 from llm.factory import make_engine  # noqa: E402
@@ -17,9 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    with vllm_server(tiny_model, tmp_path_factory.mktemp("server") / "vllm.log") as base_url:
-        yield base_url
+def server(tiny_vllm_server):
+    return tiny_vllm_server
 
 
 def engine_config(server, tmp_path, **overrides) -> OpenAIEngineConfig:
