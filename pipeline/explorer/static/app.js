@@ -360,9 +360,11 @@ function codeBlock(code, lang) {
 }
 
 // A short answer is LaTeX without delimiters ("3\sqrt{13}"): rendered as math, the raw text in the tooltip.
-function answer(value) {
+// In a table cell a long answer (a model's runaway output) is cut, as plain text.
+function answer(value, limit) {
   const text = display(value);
-  const node = el("span", {class: "answer", title: text});
+  const node = el("span", {class: "answer", title: truncate(text, 2000)});
+  if (limit && text.length > limit) { node.textContent = truncate(text, limit); return node; }
   if (window.katex && typeof value === "string") {
     try { katex.render(text, node, {throwOnError: true, trust: false}); return node; } catch (err) { /* below */ }
   }
@@ -426,7 +428,7 @@ function lineageItem(item) {
   return el("li", {class: "lineage-item" + (clickable ? " clickable" : ""), "data-dataset": item.dataset, "data-row": item.row,
       onclick: clickable ? () => go({ds: item.dataset, rds: item.dataset, row: item.row, q: "", filters: [], sort: "", desc: "", off: 0}) : null},
     el("span", {class: "relation"}, display(item.relation)), " ",
-    el("b", {}, display(item.dataset)), item.row !== null && item.row !== undefined ? ` #${item.row}` : "",
+    item.dataset ? el("b", {}, display(item.dataset)) : null, clickable ? ` #${item.row}` : "",
     item.summary ? el("div", {class: "summary"}, truncate(display(item.summary), 300)) : null);
 }
 
@@ -536,14 +538,14 @@ function renderCompare(body) {
     runs.map((r) => el("th", {}, r))));
   probs.tBodies[0].replaceChildren(...(body.problems || []).map((p) => el("tr", {"data-problem": p.problem_id},
     el("td", {}, display(p.problem_id), el("div", {class: "muted"}, [p.subject, p.level].filter((x) => x !== null && x !== undefined).join(" · "))),
-    el("td", {}, answer(p.gold)),
+    el("td", {}, answer(p.gold, 60)),
     (p.runs || []).map((r, i) => {
       const good = r.majority_correct;
       const clickable = r.row !== null && r.row !== undefined;
       return el("td", {class: "run-cell" + (clickable ? " clickable" : ""), "data-run": runs[i], "data-row": r.row,
           onclick: clickable ? () => go({rds: runs[i], row: r.row}) : null},
         el("span", {class: good ? "tick ok" : "tick bad"}, good ? "✓" : "✗"), " ",
-        r.majority !== null && r.majority !== undefined ? answer(r.majority) : el("span", {class: "muted"}, "no answer"),
+        r.majority !== null && r.majority !== undefined ? answer(r.majority, 60) : el("span", {class: "muted"}, "no answer"),
         el("div", {class: "muted counts"}, `${r.correct || 0} right · ${r.wrong || 0} wrong · ${r.no_answer || 0} none`));
     }))));
   const total = body.total || 0;
