@@ -14,6 +14,7 @@ from pathlib import Path
 from data.errors import ConfigError
 from distill import cli as distill_cli
 from eval import cli as eval_cli
+from eval import judge_cli
 from influence import cli as influence_cli
 from pipeline import demo, models_cli, recipe_run, recipe_submit
 from pipeline.explorer import cli as explore_cli
@@ -30,6 +31,7 @@ from synth import cli as synth_cli
 
 STAGE_COMMANDS = {
     "eval": (eval_cli, "benchmarks: run a model, score predictions, grade answers"),
+    "judge": (judge_cli, "an LLM judge scores the records of any stage folder (rubric as data, JSON verdicts)"),
     "distill": (distill_cli, "education-stage teacher prompting -> the distillation set"),
     "influence": (influence_cli, "gradient-influence selection of corpus texts worth distilling"),
     "synth": (synth_cli, "train the small synthesizer; mass-produce problems with it"),

@@ -15,6 +15,8 @@ A shard's life, in two phases:
    every unsealed shard's ``part-*.jsonl`` (the dataset) and ``rejects-*.jsonl`` (every record
    dropped, with ``reject_reason``; duplicates also name ``duplicate_of``), then seals them.
    A shard that ends phase 1 earlier just returns: its outputs are written by the last one.
+   With ``judge.top_k_per_source``, the same step then keeps the k best-scored survivors of each
+   source text (the others are rejected as ``judge_top_k``; decided once, saved in ``work/``).
    The same step writes ``report.json`` and ``report.md`` (:mod:`synth.filter_report`): kept
    and rejected by reason, by variant and by stage, with examples of each reason.
 
@@ -33,13 +35,16 @@ from pydantic import Field
 
 from data.config_base import StrictConfig, operational
 from data.dedup import ShardSketch, merge_shards
+from data.errors import InputError
 from data.progress import progress_bar
 from data.shards import Shard
 from data.storage import (
     ShardWriter,
     StageOutput,
     atomic_write_text,
+    part_files,
     part_stem,
+    read_manifest,
 )
 from runner.ownership import ByInputPart
 from runner.run import run_stage
@@ -47,6 +52,7 @@ from runner.stage import ShardWork, Stage
 from synth.filter_input import (
     InputPart,
     RowFields,
+    foreign_record,
     input_parts,
     read_part,
     read_records,
@@ -57,8 +63,10 @@ from synth.filters import (
     ConsistencyFilter,
     DecontaminationFilter,
     FormatFilter,
+    JudgeFilter,
     LengthFilter,
     RecordFilters,
+    judge_score,
 )
 from synth.text_format import pretraining_text
 
@@ -87,6 +95,7 @@ class SynthFilterConfig(StrictConfig):
     decontamination: DecontaminationFilter = Field(default_factory=DecontaminationFilter)
     code_check: CodeCheckFilter = Field(default_factory=CodeCheckFilter)
     consistency: ConsistencyFilter = Field(default_factory=ConsistencyFilter)
+    judge: JudgeFilter = Field(default_factory=JudgeFilter)
     dedup: DedupFilter = Field(default_factory=DedupFilter)
     batch_size: int = operational(256, ge=1, description="records per filter batch (one sandbox and grader call)")
 
@@ -115,6 +124,47 @@ def window_batches(records: Iterator[dict[str, Any]], size: int) -> Iterator[lis
         yield batch
 
 
+class JudgedPart(InputPart):
+    """A part of a ``mathsynth judge`` output: the judged records with their ``judge`` column."""
+
+
+def filter_input_parts(source: str) -> list[InputPart]:
+    """:func:`synth.filter_input.input_parts`, plus the output of ``mathsynth judge`` (of a synth
+    generate folder or of any dataset of problems): the judged records, read with their scores."""
+    folder = Path(source)
+    if folder.is_dir() and (folder / "manifest.json").is_file():
+        upstream = read_manifest(folder)
+        if upstream.get("stage") == "judge":
+            if not upstream.get("complete"):
+                raise InputError(f"input: {folder}: not every shard of the judge run is sealed yet; finish it first")
+            return [JudgedPart(part, part.name.split(".")[0], True) for part in part_files(folder)]
+    return input_parts(source)
+
+
+def read_judged(part: InputPart, config: SynthFilterConfig) -> Iterator[dict[str, Any]]:
+    """A judged synth generate record as it is (its parse error included); any other judged row
+    read like a dataset row (``rows``), keeping its id, its scores and its source."""
+    carried = (config.judge.root, config.judge.source_field, "source_id", "item_key")
+    for row in read_records(part.path):
+        if "parse_error" in row and "variant" in row:  # written by synth generate
+            yield row
+            continue
+        try:
+            record = foreign_record(row, config.rows)
+        except ValueError as err:
+            if config.rows.policy == "fail":
+                raise InputError(f"{part.path}: record {row['id']}: {err}") from None
+            continue
+        record.pop("_hashed_id")
+        record["id"] = row["id"]
+        record.update({name: row[name] for name in carried if name in row})
+        yield record
+
+
+def read_input(part: InputPart, config: SynthFilterConfig) -> Iterator[dict[str, Any]]:
+    return read_judged(part, config) if isinstance(part, JudgedPart) else read_part(part, config.rows)
+
+
 def filter_part(part: InputPart, files: WorkFiles, filters: RecordFilters, config: SynthFilterConfig) -> None:
     """Phase 1 for one input part; a no-op when it is already marked done."""
     if files.done.exists():
@@ -123,7 +173,7 @@ def filter_part(part: InputPart, files: WorkFiles, filters: RecordFilters, confi
     kept, rejected = ShardWriter(files.kept), ShardWriter(files.rejected)
     try:
         with progress_bar(f"synth filter {part.path.name}", unit="record") as advance:
-            for batch in window_batches(read_part(part, config.rows), config.batch_size):
+            for batch in window_batches(read_input(part, config), config.batch_size):
                 # The whole batch is checked (a window's samples are judged together); only
                 # records not written by an interrupted earlier run are written.
                 if all(r["id"] in kept or r["id"] in rejected for r in batch):
@@ -131,7 +181,7 @@ def filter_part(part: InputPart, files: WorkFiles, filters: RecordFilters, confi
                     continue
                 for record, outcome in zip(batch, filters.check(batch)):
                     if outcome.reason is None:
-                        kept.write(dataset_record(record))
+                        kept.write(dataset_record(record, kept_columns(config)))
                     else:
                         rejected.write({**record, "reject_reason": outcome.reason, "filter_details": outcome.details})
                 advance(len(batch))
@@ -144,8 +194,15 @@ def filter_part(part: InputPart, files: WorkFiles, filters: RecordFilters, confi
     atomic_write_text(files.done, "")
 
 
-def dataset_record(record: dict[str, Any]) -> dict[str, Any]:
+def kept_columns(config: SynthFilterConfig) -> tuple[str, ...]:
+    """Fields kept beyond DATASET_FIELDS when a record has them: the judge's scores (and the
+    source field the top-k groups by)."""
+    return (config.judge.root, config.judge.source_field) if config.judge.enabled else ("judge",)
+
+
+def dataset_record(record: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
     found = {name: record.get(name) for name in DATASET_FIELDS}
+    found.update({name: record[name] for name in extra if name in record and name not in found})
     found["text"] = record.get("text") or pretraining_text(record["problem"], record["solution"], record["variant"])
     return found
 
@@ -168,6 +225,33 @@ def duplicates(output: Path, parts: list[InputPart], config: SynthFilterConfig) 
                                  "jaccard": round(d.jaccard, 4)}
         log.info("dedup over %d records: %d duplicates (%.1fs)", len(decisions), len(dropped),
                  time.monotonic() - started)
+    atomic_write_text(saved, "".join(json.dumps(row) + "\n" for row in dropped.values()))
+    return dropped
+
+
+def judge_top_k(output: Path, parts: list[InputPart], config: SynthFilterConfig,
+                duplicates_dropped: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The survivors (after dedup) beyond the ``top_k_per_source`` best-scored of their source
+    text, by id; ties go to the smaller id. Decided once over all parts and saved, like the dedup."""
+    saved = output / "work" / "judge_top_k.jsonl"
+    if saved.exists():
+        return {row["id"]: row for row in read_records(saved)}
+    judge, dropped = config.judge, {}
+    if judge.enabled and judge.top_k_per_source is not None:
+        groups: dict[str, list[tuple[float, str]]] = {}
+        for part in parts:
+            for record in read_records(WorkFiles(output, part).kept):
+                if record["id"] in duplicates_dropped:
+                    continue
+                score = judge_score(record, judge.column)
+                source = record.get(judge.source_field)
+                group = f"source:{source}" if isinstance(source, (str, int)) else f"id:{record['id']}"
+                groups.setdefault(group, []).append((score if score is not None else float("-inf"), record["id"]))
+        for members in groups.values():
+            members.sort(key=lambda member: (-member[0], member[1]))
+            for rank, (score, record_id) in enumerate(members[judge.top_k_per_source:], start=judge.top_k_per_source + 1):
+                dropped[record_id] = {"id": record_id, "reject_reason": "judge_top_k", "judge_rank": rank,
+                                      "top_k": judge.top_k_per_source}
     atomic_write_text(saved, "".join(json.dumps(row) + "\n" for row in dropped.values()))
     return dropped
 
@@ -220,12 +304,12 @@ class SynthFilterStage(Stage):
         return [self.config.input]
 
     def check(self) -> None:
-        self.parts = input_parts(self.config.input)
+        self.parts = filter_input_parts(self.config.input)
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
         config, folder = self.config, work.output.folder
         filters = RecordFilters(config.format, config.length, config.decontamination, config.code_check,
-                                config.consistency, cache_dir=folder / "work")
+                                config.consistency, cache_dir=folder / "work", judge=config.judge)
         try:
             for part in self.ownership.parts(self.parts, work.shard):
                 filter_part(part, WorkFiles(folder, part), filters, config)
@@ -243,6 +327,7 @@ class SynthFilterStage(Stage):
 
     def finish(self, output: StageOutput) -> dict[str, Any]:
         dropped = duplicates(output.folder, self.parts, self.config)
+        dropped.update(judge_top_k(output.folder, self.parts, self.config, dropped))
         for index in range(output.num_shards):
             shard = Shard(index, output.num_shards)
             if not output.is_done(shard):

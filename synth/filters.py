@@ -15,6 +15,11 @@ contaminated or malformed):
 ``length``           ``problem_too_short`` / ``problem_too_long`` / ``solution_too_short`` /
                      ``solution_too_long``: words outside math plus tokens inside it
                      (:func:`data.text.count_tokens`), so "Evaluate $\\binom{7}{3}$." counts 4.
+``judge``            ``judge_missing`` / ``judge_score``: selection by the scores ``mathsynth judge``
+                     wrote into the records (``judge.column``, default ``judge.score``): a record
+                     without a score (the judge's answer was unreadable, or it was never judged)
+                     cannot be ranked; one below ``min_score`` goes. Off by default. Its top-k per
+                     source text (``judge_top_k``) needs every shard: it runs with the dedup.
 ``decontamination``  ``contaminated``: the problem or the solution is a shipped benchmark test
                      question (normalised whole match), copies one verbatim, or shares 13-grams
                      covering 40% of its distinctive words (:class:`data.decontamination.Decontaminator`);
@@ -113,6 +118,51 @@ class CodeCheckFilter(StrictConfig):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
 
 
+class JudgeFilter(StrictConfig):
+    """Keep records by an LLM judge's score (``mathsynth judge``): at least ``min_score``, and/or
+    the ``top_k_per_source`` best of each source text (ties broken by id, so the choice is
+    deterministic); read from the records, never asked here."""
+
+    enabled: bool = False
+    column: str = Field("judge.score", min_length=1, description="dotted path of the score in each record")
+    min_score: float | None = Field(None, description="keep records scoring at least this")
+    top_k_per_source: int | None = Field(None, ge=1, description="keep the k best of each source text")
+    source_field: str = Field("source_id", min_length=1, description="the field naming a record's source text")
+
+    @model_validator(mode="after")
+    def _selects_something(self):
+        if self.enabled and self.min_score is None and self.top_k_per_source is None:
+            raise ValueError("judge.enabled needs min_score or top_k_per_source")
+        return self
+
+    @property
+    def root(self) -> str:
+        """The record field holding the score (``judge`` of ``judge.score``): kept in the dataset."""
+        return self.column.split(".", 1)[0]
+
+
+def judge_score(record: dict[str, Any], column: str) -> float | None:
+    """The number at the dotted ``column`` of ``record``, or None (missing, null, not a number)."""
+    value: Any = record
+    for key in column.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return value
+
+
+def judge_reason(record: dict[str, Any], config: JudgeFilter, details: dict[str, Any]) -> str | None:
+    score = judge_score(record, config.column)
+    details["judge_score"] = score
+    if score is None:
+        return "judge_missing"
+    if config.min_score is not None and score < config.min_score:
+        return "judge_score"
+    return None
+
+
 class ConsistencyFilter(StrictConfig):
     enabled: bool = False
     same_problem_jaccard: float = Field(0.8, gt=0, le=1)
@@ -182,10 +232,11 @@ class RecordFilters:
     a grader) built once and closed by :meth:`close`."""
 
     def __init__(self, format: FormatFilter, length: LengthFilter, decontamination: DecontaminationFilter,
-                 code_check: CodeCheckFilter, consistency: ConsistencyFilter, *, cache_dir: Path | None = None
-                 ) -> None:
+                 code_check: CodeCheckFilter, consistency: ConsistencyFilter, *, cache_dir: Path | None = None,
+                 judge: JudgeFilter | None = None) -> None:
         """``cache_dir``: where the benchmark embeddings are kept (only with ``embedding.enabled``)."""
         self.format, self.length, self.decontamination = format, length, decontamination
+        self.judge = judge if judge is not None and judge.enabled else None
         self.code_check, self.consistency = code_check, consistency
         self.decontaminator = (Decontaminator.from_benchmarks(
             decontamination.benchmarks, decontamination.ngram, decontamination.min_short_words,
@@ -235,6 +286,8 @@ class RecordFilters:
                 outcome.reason = record.get("parse_error") or "no_solution"  # nothing to filter further
             if outcome.reason is None and self.length.enabled:
                 outcome.reason = length_reason(record, self.length, outcome.details)
+            if outcome.reason is None and self.judge is not None:
+                outcome.reason = judge_reason(record, self.judge, outcome.details)
         if self.decontaminator is not None:
             self._decontaminate(records, outcomes)
         if self.code_check.enabled:
