@@ -298,3 +298,18 @@ def test_the_example_config_and_the_shipped_rubric_are_valid():
     assert stage.manifest_config()["rubric_hash"] == JudgeStage(config.model_copy(update={"rubric": str(DEFAULT_RUBRIC)})).manifest_config()["rubric_hash"]
     prompt = stage.prompter.render({"problem": "What is $\\frac{1}{2}$ of {record}?", "solution": "S"})
     assert "## Problem\nWhat is $\\frac{1}{2}$ of {record}?" in prompt and '"score": 7' in prompt
+
+
+def test_a_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path, scripted_judge, capsys):
+    data = write_jsonl(tmp_path / "in.jsonl", case_rows(12))
+    with FaultServer(FaultPlan(rate=0.4, kinds=("500", "429"), max_faults=2)) as server:
+        config = config_file(tmp_path, [str(data)], server.url, "budget", engine={"budget": {"max_calls": 5}})
+        assert judge(config) == 2
+        assert "budget exhausted" in capsys.readouterr().err
+        assert server.stats()["total_received"] <= 5  # retries count: the budget holds
+        # The budget is operational: raised on the same folder, the run goes on from where it stopped.
+        assert judge(config, "--set", "engine.budget.max_calls=100") == 0
+        billed = server.stats()["billed"]
+    out = records(tmp_path / "budget")
+    assert len(out) == len({r["id"] for r in out}) == 12
+    assert all(count == 1 for count in billed.values())  # nothing answered was asked again
