@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from data.config_base import StrictConfig, operational
 from data.config_files import validate_model
@@ -30,6 +30,7 @@ from data.corpus import CorpusStats, iter_rows, resolve_sources
 from data.errors import ConfigError, InputError
 from data.records import content_id
 from data.shards import Shard
+from eval.judge_reward import RewardModelConfig, RewardScorer
 from llm.config import EngineConfig
 from llm.generation_run import derive_seed
 from llm.types import GenerationRequest, SamplingParams
@@ -71,12 +72,20 @@ class Pricing(StrictConfig):
 
 class JudgeConfig(StrictConfig):
     input: JudgeInput
-    engine: EngineConfig
+    engine: EngineConfig | None = Field(None, description="an LLM judge through any engine (or reward_model)")
+    reward_model: RewardModelConfig | None = Field(None, description="a sequence-classification reward model "
+                                                                     "scores instead of an LLM judge")
     format: Literal["chat", "raw"] = "chat"
     sampling: JudgeSampling = Field(default_factory=JudgeSampling)
     rubric: str = Field(str(DEFAULT_RUBRIC), min_length=1, description="the rubric YAML (default: the shipped one)")
     pricing: Pricing = Field(default_factory=Pricing)
     output: str = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _one_scorer(self) -> "JudgeConfig":
+        if (self.engine is None) == (self.reward_model is None):
+            raise ValueError("give engine (an LLM judge) or reward_model, not both or neither")
+        return self
 
 
 class Rubric(StrictConfig):
@@ -206,6 +215,52 @@ class JudgeStage(Stage):
             yield row_id(row, config.id_field), row, values
 
     def run_shard(self, work: ShardWork) -> dict[str, Any]:
+        if self.config.reward_model is not None:
+            return self.run_shard_with_reward_model(work)
+        return self.run_shard_with_llm(work)
+
+    def run_shard_with_reward_model(self, work: ShardWork) -> dict[str, Any]:
+        """Batches of this shard's records not yet scored, through the reward model."""
+        writer = work.writer
+        work.corpus_stats = stats = CorpusStats()
+        try:
+            scorer = RewardScorer(self.config.reward_model)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        counts = {"rows": 0, "resumed_done": 0, "duplicate_ids": 0, "judged_now": 0}
+        batch: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        seen: set[str] = set()
+
+        def flush() -> None:
+            scores, tokens = scorer.score([list(values.values()) for _, _, values in batch])
+            for (record_id, row, _), score, used in zip(batch, scores, tokens):
+                record = {**row, "id": record_id, "judge": scorer.judge(score), "judge_cached": False,
+                          "usage": {"prompt_tokens": int(used), "completion_tokens": 0}}
+                if "usage" in row:
+                    record["input_usage"] = row["usage"]
+                writer.write(record)
+                counts["judged_now"] += 1
+            advance(len(batch))
+            batch.clear()
+
+        with work.progress("record") as advance:
+            for record_id, row, values in self.rows(work.shard, stats):
+                counts["rows"] += 1
+                if record_id in writer:
+                    counts["resumed_done"] += 1
+                elif record_id in seen:
+                    counts["duplicate_ids"] += 1
+                else:
+                    seen.add(record_id)
+                    batch.append((record_id, row, values))
+                    if len(batch) == self.config.reward_model.batch_size:
+                        flush()
+            if batch:
+                flush()
+        writer.flush()
+        return {**counts, **shard_verdicts(writer.path), "cost_usd": 0.0}
+
+    def run_shard_with_llm(self, work: ShardWork) -> dict[str, Any]:
         from eval.judge_parse import parse_verdict
 
         writer, rubric_id = work.writer, self.rubric.id

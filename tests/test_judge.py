@@ -313,3 +313,69 @@ def test_a_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path, scripted_j
     out = records(tmp_path / "budget")
     assert len(out) == len({r["id"] for r in out}) == 12
     assert all(count == 1 for count in billed.values())  # nothing answered was asked again
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a scalar sequence-classification head (random, seeded): a reward model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("reward") / "rm"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_a_reward_model_scores_each_record_as_transformers_does_and_the_filter_uses_it(tmp_path, tiny_reward_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from eval.judge_reward import RewardModelConfig, RewardScorer
+
+    rows = case_rows(7)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    config = {"input": {"paths": [str(data)]}, "output": str(tmp_path / "rm-judged"),
+              "reward_model": {"model": str(tiny_reward_model), "batch_size": 3, "dtype": "float32", "device": "cpu"}}
+    path = tmp_path / "rm.yaml"
+    path.write_text(json.dumps(config))
+    assert judge(path) == 0
+    out = {r["id"]: r for r in records(tmp_path / "rm-judged")}
+    assert sorted(out) == sorted(r["id"] for r in rows)
+
+    # each score is the head's logit on the record alone (batches of 3 with padding change nothing)
+    scorer = RewardScorer(RewardModelConfig(model=str(tiny_reward_model), dtype="float32", device="cpu"))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model).eval()
+    for row in rows[:3]:
+        encoded = scorer.tokenizer(scorer.text([row["problem"], row["solution"]]), return_tensors="pt")
+        with torch.inference_mode():
+            alone = model(**encoded).logits[0, 0].item()
+        assert out[row["id"]]["judge"]["score"] == pytest.approx(alone, abs=1e-4)
+        assert out[row["id"]]["judge"]["scorer"] == "reward_model" and out[row["id"]]["judge"]["error"] is None
+    assert manifest(tmp_path / "rm-judged")["counts"]["scored"] == 7
+    assert judge(path) == 0 and len(records(tmp_path / "rm-judged")) == 7  # a rerun scores nothing again
+
+    filtered = filter_config(tmp_path, tmp_path / "rm-judged", "rm-filtered", {"top_k_per_source": 1})
+    assert main(["--log-level", "WARNING", "synth", "filter", "--config", str(filtered)]) == 0
+    best = {}
+    for row in rows:
+        score = out[row["id"]]["judge"]["score"]
+        if row["source_id"] not in best or score > out[best[row["source_id"]]]["judge"]["score"]:
+            best[row["source_id"]] = row["id"]
+    assert sorted(r["id"] for r in records(tmp_path / "rm-filtered")) == sorted(best.values())
+
+
+def test_engine_and_reward_model_together_are_one_line(tmp_path, capsys, tiny_reward_model):
+    data = write_jsonl(tmp_path / "in.jsonl", case_rows(2))
+    config = {"input": {"paths": [str(data)]}, "output": str(tmp_path / "both"),
+              "engine": {"kind": "hf", "model": str(tiny_reward_model)}, "reward_model": {"model": str(tiny_reward_model)}}
+    path = tmp_path / "both.yaml"
+    path.write_text(json.dumps(config))
+    assert judge(path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give engine (an LLM judge) or reward_model, not both or neither" in err[0]
+    assert not (tmp_path / "both").exists()
