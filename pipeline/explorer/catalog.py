@@ -15,9 +15,9 @@ from typing import Any
 from data.storage import MANIFEST
 
 # Upstream first: lineage calls a dataset earlier in this order "where a record came from".
-KIND_ORDER = ("corpus", "influence", "distill", "synth_generate", "synth_filter", "pretrain", "eval", "other")
+KIND_ORDER = ("corpus", "influence", "distill", "synth_generate", "judge", "synth_filter", "pretrain", "eval", "other")
 KIND_OF_STAGE = {"influence-select": "influence", "distill": "distill", "synth_generate": "synth_generate",
-                 "synth_filter": "synth_filter", "pretrain-tokenize": "pretrain", "eval": "eval"}
+                 "judge": "judge", "synth_filter": "synth_filter", "pretrain-tokenize": "pretrain", "eval": "eval"}
 RECORD_FILES = ("part-*-of-*.jsonl", "rejects-*-of-*.jsonl")
 SEARCH_DEPTH = 4  # how deep a run folder is searched for stage folders
 

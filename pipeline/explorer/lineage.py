@@ -38,6 +38,9 @@ def relation(other: DatasetIndex, values: dict[str, Any]) -> str:
         return "synthesizer sample" + (f": {values['parse_error']}" if values.get("parse_error") else "")
     if kind == "eval":
         return "same problem" + (" (right)" if values.get("correct") else " (wrong)")
+    if kind == "judge":
+        score, error = values.get("judge.score"), values.get("judge.error")
+        return f"judged: score {score:g}" if score is not None else f"judged: {error}"
     return f"{kind} record"
 
 
@@ -55,7 +58,7 @@ def lineage(indexes: list[DatasetIndex], origin: DatasetIndex, row: int, record:
             if mine == theirs == "problem_id" and other.dataset.kind != "eval":
                 continue
             wanted = [c for c in ("preview", "outcome", "reject_reason", "influence.rank", "parse_error", "correct",
-                                  "id") if c in other.types]
+                                  "judge.score", "judge.error", "id") if c in other.types]
             found = other.cursor().execute(
                 f'SELECT _row, {", ".join(chr(34) + c + chr(34) for c in wanted)} FROM records '
                 f'WHERE "{theirs}" = ? ORDER BY _row LIMIT {MATCHES}', [str(value)]).fetchall()
