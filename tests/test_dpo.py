@@ -88,7 +88,7 @@ def test_loss_falls_reward_accuracy_rises_and_the_result_is_a_normal_checkpoint(
     out = Path(config.output)
     stats = manifest["stats"]
     assert manifest["complete"] and manifest["stage"] == "dpo"
-    assert stats["pairs"] == PAIRS and stats["steps"] == 2 * PAIRS // 4 and stats["processes"] == 1
+    assert stats["pairs"] == stats["pairs_trained"] == PAIRS and stats["steps"] == 2 * PAIRS // 4 and stats["processes"] == 1
     log = read_lines(out / TRAIN_LOG)
     assert [row["step"] for row in log] == list(range(1, stats["steps"] + 1))
     assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at the start: log 2

@@ -273,7 +273,8 @@ def train_dpo(config: DpoConfig, train_log: ShardWriter | None) -> dict[str, Any
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     first, last = (history[0], history[-1]) if history else ({}, {})
     return {
-        "pairs": len(pairs), "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "pairs": len(pairs), "pairs_trained": len(trainer.train_dataset),  # TRL drops pairs truncated to nothing
+        "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "global_batch_pairs": config.per_device_batch_size * trainer.accelerator.num_processes
         * config.gradient_accumulation_steps,
         "processes": trainer.accelerator.num_processes,
@@ -297,14 +298,19 @@ def save_model(trainer, tokenizer, config: DpoConfig) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    if config.lora is None:
-        trainer.save_model(str(tmp))  # collective under FSDP/DeepSpeed; writes on process 0
-    elif accelerator.is_main_process:
-        peft_model = accelerator.unwrap_model(trainer.model)
-        peft_model.save_pretrained(tmp / "adapter")
-        peft_model.merge_and_unload().save_pretrained(tmp)
+    # Collective under FSDP/DeepSpeed (gathers the shards); writes on process 0. A PEFT model
+    # saves its adapter alone.
+    trainer.save_model(str(tmp / "adapter" if config.lora is not None else tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if config.lora is not None:
+            # merged from the saved adapter onto a fresh base: the trained model may be sharded
+            from peft import PeftModel
+
+            (tmp / "adapter" / "training_args.bin").unlink(missing_ok=True)
+            merged = PeftModel.from_pretrained(_load_model(config.model), tmp / "adapter").merge_and_unload()
+            merged.generation_config.pad_token_id = tokenizer.pad_token_id
+            merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)
         for item in tmp.iterdir():
