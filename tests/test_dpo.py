@@ -234,6 +234,29 @@ def test_bad_pairs_are_one_line_errors_before_anything_is_written(tiny_model, pa
         load_config(DpoConfig, bad_key)
 
 
+def chat_pair_rows(count: int) -> list[dict]:
+    """rft's pairs of chat prompts: the prompt as messages, each answer as one assistant message."""
+    return [{"id": row["id"], "problem_id": row["problem_id"],
+             "prompt": [{"role": "user", "content": row["prompt"]}],
+             "chosen": [{"role": "assistant", "content": row["chosen"]}],
+             "rejected": [{"role": "assistant", "content": row["rejected"]}], "rejected_reason": "wrong_answer"}
+            for row in pair_rows(count)]
+
+
+def test_chat_pairs_train_through_the_chat_template(tiny_model, tmp_path):
+    chat = write_jsonl(tmp_path / "pairs-00000.jsonl", chat_pair_rows(16))
+    stats = run_dpo(make_config(tiny_model, chat, tmp_path / "out", max_steps=6, save_steps=100))[1]["stats"]
+    assert stats["steps"] == 6 and stats["pairs_trained"] == 16 and stats["final_loss"] < stats["first_loss"]
+
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", chat_pair_rows(2) + pair_rows(2))
+    with pytest.raises(UserError, match="mix text prompts and chat messages"):
+        read_pairs([str(mixed)])
+    broken = chat_pair_rows(2)
+    broken[1]["chosen"] = [{"role": "assistant"}]  # no content
+    with pytest.raises(UserError, match=r"broken.jsonl:2: missing or empty chosen"):
+        read_pairs([str(write_jsonl(tmp_path / "broken.jsonl", broken))])
+
+
 def test_the_shipped_example_config_is_valid():
     config = load_config(DpoConfig, REPO_ROOT / "configs" / "dpo-example.yaml")
     assert config.beta == 0.1 and config.loss_type == "sigmoid" and config.lora is None

@@ -124,6 +124,8 @@ def read_pairs(paths: list[str], limit: int | None = None) -> list[dict[str, Any
                 return pairs
     if not pairs:
         raise InputError(f"data.paths: no preference pairs in {', '.join(paths)}")
+    if len({isinstance(pair["prompt"], str) for pair in pairs}) > 1:  # TRL takes one format per dataset
+        raise InputError(f"data.paths: {', '.join(paths)} mix text prompts and chat messages; train on one kind")
     return pairs
 
 
