@@ -15,10 +15,12 @@ Output folder (stage contract; problems are owned by position across shards):
   (a raw prompt) or ``messages`` (a chat prompt, the solution as the last assistant turn).
 - ``pairs-*.jsonl``: {id, problem_id, prompt, chosen, rejected, rejected_reason, ...}: a kept
   correct and a distinct incorrect solution of the same problem; ``rejected_reason`` is the
-  grader's verdict (mismatch, no_answer, timeout, error). ``prompt`` is what the model was asked
-  (a string, or a list of chat messages); chosen and rejected are the model's texts.
+  grader's verdict (mismatch, no_answer, timeout, error). TRL's preference format: a raw prompt
+  with chosen and rejected texts, or (chat prompts) a list of messages with chosen and rejected
+  as one assistant message each.
 - ``problems-*.jsonl``: one row per finished problem: samples drawn, rounds, correct, pass rate,
-  kept, dropped by reason, pairs, tokens, status (enough_correct, capped, no_majority).
+  kept, dropped by reason (duplicate, similar, over_limit, truncated), pairs, tokens, status
+  (enough_correct, capped, no_majority).
 - ``samples-*.jsonl``: every sample as drawn, graded (``correct`` is null for a problem labelled
   by majority: its label is known only at the end, see its problems row).
 
@@ -109,6 +111,8 @@ class RftConfig(StrictConfig):
                                                                "1 keeps every textually distinct solution")
     min_votes: int = Field(3, ge=1, description="majority pseudo-label: at least this many agreeing answers")
     max_pairs_per_problem: int = Field(4, ge=0)
+    keep_truncated: bool = Field(False, description="keep correct solutions cut by max_tokens (a right final "
+                                                    "number in an unfinished text is rarely a solution)")
     sampling: RftSampling = Field(default_factory=RftSampling)
     max_rounds: int = Field(4, ge=1, description="code executions per solution in the tool setting")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
@@ -339,15 +343,18 @@ class RftStage(Stage):
             "enough_correct" if len(correct) >= config.wanted_correct else "capped")
         kept, pairs, dropped = [], [], Counter()
         if label is not None:
-            selection = select_diverse([s["completion"] for s in correct], config.max_per_problem, config.similarity)
-            kept, dropped = [correct[i] for i in selection.kept], selection.dropped
+            whole = [s for s in correct if config.keep_truncated or s["finish_reason"] != "length"]
+            selection = select_diverse([s["completion"] for s in whole], config.max_per_problem, config.similarity)
+            kept, dropped = [whole[i] for i in selection.kept], selection.dropped
+            if len(whole) < len(correct):
+                dropped["truncated"] = len(correct) - len(whole)
             pairs = preference_pairs(kept, wrong, config.max_pairs_per_problem)
         for sample in kept:
             work.writer.write(sft_row(problem, sample, label, source))
         for chosen, rejected in pairs:
             work.side("pairs").write({
                 "id": content_id(record.id, chosen["id"], rejected["id"]), "problem_id": record.id,
-                "prompt": problem.prompt, "chosen": chosen["completion"], "rejected": rejected["completion"],
+                "prompt": problem.prompt, "chosen": as_reply(problem, chosen), "rejected": as_reply(problem, rejected),
                 "rejected_reason": rejected["verdict"], "rejected_answer": rejected["extracted"],
                 "chosen_id": chosen["id"], "rejected_id": rejected["id"], "gold": label, "label_source": source})
         tokens = Counter()
@@ -380,6 +387,13 @@ def sft_row(problem: Problem, sample: dict[str, Any], label: str, source: str) -
         row["messages"] = [*problem.prompt, {"role": "assistant", "content": sample["completion"]}]
     return {**row, "gold": label, "label_source": source, "extracted": sample["extracted"],
             "sample_index": sample["sample_index"], "model": sample["model"]}
+
+
+def as_reply(problem: Problem, sample: dict[str, Any]) -> str | list[dict[str, str]]:
+    """A solution in the prompt's form (TRL's standard or conversational preference format)."""
+    if isinstance(problem.prompt, str):
+        return sample["completion"]
+    return [{"role": "assistant", "content": sample["completion"]}]
 
 
 def earlier_samples(path, done: set[str]) -> dict[str, list[dict[str, Any]]]:

@@ -200,7 +200,10 @@ def test_rows_without_an_answer_get_a_majority_label_or_are_skipped(tmp_path, sc
         assert prompt[-1]["role"] == "user" and "spiders" in prompt[-1]["content"] and "\\boxed{80}" in target
     pairs = rows(tmp_path / "pseudo", "pairs")
     assert all(isinstance(p["prompt"], list) and p["prompt"][-1]["role"] == "user" for p in pairs)
-    assert pairs and all(p["rejected"] == "I count \\boxed{81}." and p["rejected_reason"] == "mismatch" for p in pairs)
+    assert pairs and all(p["rejected_reason"] == "mismatch" for p in pairs)
+    for pair in pairs:  # TRL's conversational preference format
+        assert pair["rejected"] == [{"role": "assistant", "content": "I count \\boxed{81}."}]
+        assert pair["chosen"][0]["role"] == "assistant" and "\\boxed{80}" in pair["chosen"][0]["content"]
     assert json.loads((tmp_path / "pseudo" / "manifest.json").read_text())["counts"]["by_status"]["no_majority"] == 1
 
 
@@ -258,6 +261,10 @@ class ProgramWriter(Engine):
 
     model_name = "programs"
 
+    def __init__(self, truncate: str | None = None) -> None:
+        super().__init__()
+        self.truncate = truncate  # this problem's right program hits max_tokens
+
     def generate(self, requests):
         for request in requests:
             self.calls += 1
@@ -269,7 +276,8 @@ class ProgramWriter(Engine):
                 index = int(request.id.rsplit("#", 1)[1])
                 code = f"x = {gold} - 1\nprint(x + 1)" if index == 0 else f"print({gold} + {index})"
                 text = f"```python\n{code}\n```"
-            yield GenerationResult(request.id, [Completion(text, "stop", 9)], Usage(20, 9))
+            cut = self.truncate is not None and self.truncate in request.prompt and text.endswith("+ 1)\n```")
+            yield GenerationResult(request.id, [Completion(text, "length" if cut else "stop", 9)], Usage(20, 9))
 
 
 @pytest.mark.parametrize("setting", ["pot", "tool"])
@@ -278,7 +286,7 @@ def test_program_solutions_run_in_the_sandbox(tmp_path, setting):
         "input": {"benchmarks": ["gsm8k_train"], "limit": 2}, "engine": {"kind": "hf", "model": "programs"},
         "setting": setting, "prompt": "zero_shot", "k": 3, "wanted_correct": 1, "max_samples": 3,
         "sandbox": {"workers": 1}, "output": str(tmp_path / "pot")})
-    run_rft(config, Shard(0, 1), engine=ProgramWriter())
+    run_rft(config, Shard(0, 1), engine=ProgramWriter(truncate=PROBLEMS[1].question.strip() if setting == "pot" else None))
     samples = rows(tmp_path / "pot", "samples")
     assert len(samples) == 6
     for sample in samples:
@@ -291,5 +299,11 @@ def test_program_solutions_run_in_the_sandbox(tmp_path, setting):
             assert f"```output\n{run['stdout'].strip()}\n```" in sample["completion"]
             assert sample["completion"].endswith(f"\\boxed{{{run['stdout'].strip()}}}.")
     kept = rows(tmp_path / "pot")
-    assert len(kept) == 2 and all(r["completion"].startswith("```python\nx = ") for r in kept)
+    assert all(r["completion"].startswith("```python\nx = ") for r in kept)
+    problems = {r["id"]: r for r in rows(tmp_path / "pot", "problems")}
+    if setting == "pot":  # a right answer in a text cut by max_tokens is not kept
+        assert [r["problem_id"] for r in kept] == [PROBLEMS[0].id]
+        assert problems[PROBLEMS[1].id]["correct"] == 1 and problems[PROBLEMS[1].id]["dropped"] == {"truncated": 1}
+    else:
+        assert len(kept) == 2
     assert all(re.match(r"```python\nprint\(", p["rejected"]) for p in rows(tmp_path / "pot", "pairs"))
