@@ -28,10 +28,12 @@ from runner.cli import (
     shard_of,
 )
 from synth import cli as synth_cli
+from training import dpo_cli
 
 STAGE_COMMANDS = {
     "eval": (eval_cli, "benchmarks: run a model, score predictions, grade answers"),
     "judge": (judge_cli, "an LLM judge scores the records of any stage folder (rubric as data, JSON verdicts)"),
+    "dpo": (dpo_cli, "preference training on (prompt, chosen, rejected) pairs through TRL's DPOTrainer"),
     "distill": (distill_cli, "education-stage teacher prompting -> the distillation set"),
     "influence": (influence_cli, "gradient-influence selection of corpus texts worth distilling"),
     "synth": (synth_cli, "train the small synthesizer; mass-produce problems with it"),
