@@ -19,6 +19,7 @@ from eval.rft import RftConfig, run_rft
 from eval.rft_select import majority_label, select_diverse
 from llm.engine import Engine
 from llm.types import Completion, GenerationResult, Usage
+from training.dpo import read_pairs
 from training.rows import sft_prompt_target
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MATHSYNTH_LOG_LEVEL": "WARNING", "OPENAI_API_KEY": "none"}
@@ -171,6 +172,7 @@ def test_kept_are_the_correct_diverse_ones_budgets_follow_difficulty_and_pairs_a
         assert pair["rejected_reason"] == ("mismatch" if "boxed" in rejected["completion"] else "no_answer")
         assert pair["prompt"] == next(r["prompt"] for r in kept if r["problem_id"] == pair["problem_id"])
     assert {p["problem_id"] for p in pairs} <= {PROBLEMS[p].id for p in HARD}
+    assert read_pairs([str(out)]) == [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]  # dpo's input
 
     counts = json.loads((out / "manifest.json").read_text())["counts"]
     assert counts["records"] == len(kept) and counts["pairs"] == len(pairs) and counts["samples"] == len(samples)
@@ -183,9 +185,10 @@ def test_rows_without_an_answer_get_a_majority_label_or_are_skipped(tmp_path, sc
         {"id": "agree", "problem": "How many legs do 10 spiders have? PSEUDO:agree"},
         {"id": "split", "problem": "Pick any number you like. PSEUDO:split"},
         {"id": "given", "problem": "How many legs do 10 spiders have? PSEUDO:agree (checked)", "answer": 80},
+        {"id": "empty", "question": "a row without the problem field"},
     ])
     with FaultServer() as server:
-        config = RftConfig.model_validate(config_dict(tmp_path, server.url, "pseudo", input={"paths": [str(data)]},
+        config = RftConfig.model_validate(config_dict(tmp_path, server.url, "pseudo", input={"paths": [str(data)], "policy": "skip"},
                                                       prompt="chat", engine={"api": "chat"}))
         run_rft(config, Shard(0, 1))
     problems = {row["id"]: row for row in rows(tmp_path / "pseudo", "problems")}
@@ -200,11 +203,13 @@ def test_rows_without_an_answer_get_a_majority_label_or_are_skipped(tmp_path, sc
         assert prompt[-1]["role"] == "user" and "spiders" in prompt[-1]["content"] and "\\boxed{80}" in target
     pairs = rows(tmp_path / "pseudo", "pairs")
     assert all(isinstance(p["prompt"], list) and p["prompt"][-1]["role"] == "user" for p in pairs)
+    assert len(read_pairs([str(tmp_path / "pseudo")])) == len(pairs)
     assert pairs and all(p["rejected_reason"] == "mismatch" for p in pairs)
     for pair in pairs:  # TRL's conversational preference format
         assert pair["rejected"] == [{"role": "assistant", "content": "I count \\boxed{81}."}]
         assert pair["chosen"][0]["role"] == "assistant" and "\\boxed{80}" in pair["chosen"][0]["content"]
-    assert json.loads((tmp_path / "pseudo" / "manifest.json").read_text())["counts"]["by_status"]["no_majority"] == 1
+    counts = json.loads((tmp_path / "pseudo" / "manifest.json").read_text())["counts"]
+    assert counts["by_status"]["no_majority"] == 1 and counts["corpus_skipped"] == {"missing_field": 1}
 
 
 def test_kill_minus_9_then_rerun_gives_every_record_once(tmp_path, scripted_student):
