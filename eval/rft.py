@@ -86,7 +86,8 @@ class RftInput(StrictConfig):
 
 
 class RftSampling(SamplingParams):
-    """Diverse by default (rejection sampling needs different solutions), seeded per round."""
+    """Diverse by default (rejection sampling needs different solutions); each round has its own
+    seed derived from ``seed`` (null counts as 0), so a rerun draws the same samples."""
 
     temperature: float = Field(0.7, ge=0.0)
     max_tokens: int = Field(1024, ge=1)
@@ -495,7 +496,7 @@ class Sampler:
         for problem in active:
             key = self.round_key(problem)
             by_key[key] = problem
-            sampling = config.sampling.model_copy(update={"n": k, "seed": derive_seed(config.sampling.seed, key)})
+            sampling = config.sampling.model_copy(update={"n": k, "seed": round_seed(config, key)})
             if isinstance(problem.prompt, str):
                 requests.append(GenerationRequest(id=key, sampling=sampling, prompt=problem.prompt))
             else:
@@ -526,7 +527,7 @@ class Sampler:
                 if index in problem.samples:
                     continue  # drawn before a kill
                 key = f"{self.round_key(problem)}#{i}"
-                sampling = config.sampling.model_copy(update={"n": 1, "seed": derive_seed(config.sampling.seed, key)})
+                sampling = config.sampling.model_copy(update={"n": 1, "seed": round_seed(config, key)})
                 trajectories.append(Trajectory(key=key, prompt=problem.prompt, sampling=sampling))
                 owners[key] = (problem, index)
         sandbox = self.sandbox
@@ -560,6 +561,12 @@ class Sampler:
                   **verdict, "model": self.engine.model_name, "usage": usage, **extra}
         problem.samples[index] = sample
         out.write(sample)
+
+
+def round_seed(config: RftConfig, key: str) -> int:
+    """Every round is seeded, even with ``seed: null``: unseeded rounds would be the same request,
+    which the request cache answers with the same samples."""
+    return derive_seed(0 if config.sampling.seed is None else config.sampling.seed, key)
 
 
 def grade_distinct(grading: Grading, record: BenchmarkRecord, answers: list[str | None]) -> list[dict[str, Any]]:
