@@ -14,7 +14,7 @@ from pathlib import Path
 from data.errors import ConfigError
 from distill import cli as distill_cli
 from eval import cli as eval_cli
-from eval import judge_cli
+from eval import judge_cli, rft_cli
 from influence import cli as influence_cli
 from pipeline import demo, models_cli, recipe_run, recipe_submit
 from pipeline.explorer import cli as explore_cli
@@ -33,6 +33,7 @@ from training import dpo_cli
 STAGE_COMMANDS = {
     "eval": (eval_cli, "benchmarks: run a model, score predictions, grade answers"),
     "judge": (judge_cli, "an LLM judge scores the records of any stage folder (rubric as data, JSON verdicts)"),
+    "rft": (rft_cli, "rejection-sampling data: k graded samples per problem -> correct, diverse SFT rows + pairs"),
     "dpo": (dpo_cli, "preference training on (prompt, chosen, rejected) pairs through TRL's DPOTrainer"),
     "distill": (distill_cli, "education-stage teacher prompting -> the distillation set"),
     "influence": (influence_cli, "gradient-influence selection of corpus texts worth distilling"),
