@@ -30,7 +30,7 @@ from data.corpus import CorpusStats, iter_rows, resolve_sources
 from data.errors import ConfigError, InputError
 from data.records import content_id
 from data.shards import Shard
-from eval.judge_reward import RewardModelConfig, RewardScorer
+from eval.judge_reward import RewardModelConfig, make_scorer
 from llm.config import EngineConfig
 from llm.generation_run import derive_seed
 from llm.types import GenerationRequest, SamplingParams
@@ -224,7 +224,7 @@ class JudgeStage(Stage):
         writer = work.writer
         work.corpus_stats = stats = CorpusStats()
         try:
-            scorer = RewardScorer(self.config.reward_model)
+            scorer = make_scorer(self.config.reward_model)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         counts = {"rows": 0, "resumed_done": 0, "duplicate_ids": 0, "judged_now": 0}
@@ -232,9 +232,9 @@ class JudgeStage(Stage):
         seen: set[str] = set()
 
         def flush() -> None:
-            scores, tokens = scorer.score([list(values.values()) for _, _, values in batch])
-            for (record_id, row, _), score, used in zip(batch, scores, tokens):
-                record = {**row, "id": record_id, "judge": scorer.judge(score), "judge_cached": False,
+            judged = scorer.judge_batch([list(values.values()) for _, _, values in batch])
+            for (record_id, row, _), (verdict, used) in zip(batch, judged):
+                record = {**row, "id": record_id, "judge": verdict, "judge_cached": False,
                           "usage": {"prompt_tokens": int(used), "completion_tokens": 0}}
                 if "usage" in row:
                     record["input_usage"] = row["usage"]

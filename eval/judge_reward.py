@@ -1,10 +1,16 @@
-"""The judge's other scorer: a reward model (a sequence-classification checkpoint with a scalar
-head, e.g. a math outcome reward model), run through transformers on the shown fields.
+"""The judge's other scorer: a reward model run through transformers on the shown fields.
 
-The first shown field is the prompt and the rest, joined, the response; when the tokenizer has a
-chat template the pair is rendered as a user and an assistant turn (how reward models are
-trained), else as the two texts one after the other. The score is the head's logit (for a
-head with several labels, the one ``label`` names).
+The first shown field is the prompt and the rest, joined, the response.
+
+* ``kind: outcome``: a sequence-classification checkpoint with a scalar head (an outcome reward
+  model). When the tokenizer has a chat template the pair is rendered as a user and an
+  assistant turn (how reward models are trained), else as the two texts one after the other.
+  The score is the head's logit (for a head with several labels, the one ``label`` names).
+* ``kind: process``: a token-classification checkpoint (a process reward model, Math-Shepherd
+  style): the response is cut into steps (non-empty lines), each step is followed by
+  ``step_tag``, and a step's score is the probability of label ``label`` (default 1, "good") at
+  the last token of its tag. ``judge.step_scores`` holds them and ``judge.score`` their
+  ``aggregate`` (min by default: a solution is as good as its worst step).
 """
 from __future__ import annotations
 
@@ -16,7 +22,11 @@ from data.config_base import StrictConfig, operational
 
 
 class RewardModelConfig(StrictConfig):
-    model: str = Field(..., min_length=1, description="a sequence-classification checkpoint folder (or hub name)")
+    model: str = Field(..., min_length=1, description="a reward model checkpoint folder (or hub name)")
+    kind: Literal["outcome", "process"] = Field("outcome", description="outcome: one score per solution; "
+                                                                       "process: a score per step")
+    step_tag: str = Field("\n", min_length=1, description="process: what follows each step (the model's own tag)")
+    aggregate: Literal["min", "mean", "last", "product"] = "min"
     max_length: int = Field(2048, ge=16, description="tokens scored per record (longer ones are cut at the end)")
     label: int | None = Field(None, ge=0, description="the logit that is the reward (default: the only one)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -72,3 +82,90 @@ class RewardScorer:
         return {"score": round(score, 6), "solvable": None, "correct": None, "clarity": None, "difficulty": None,
                 "rationale": None, "judge_model": self.model_name, "rubric": None, "scorer": "reward_model",
                 "error": None}
+
+    def judge_batch(self, batch: list[list[str]]) -> list[tuple[dict[str, Any], int]]:
+        """(the ``judge`` column, tokens scored) of each record of the batch."""
+        scores, tokens = self.score(batch)
+        return [(self.judge(score), used) for score, used in zip(scores, tokens)]
+
+
+class ProcessRewardScorer:
+    """Per-step scores from a token-classification head at each step's tag (module doc)."""
+
+    def __init__(self, config: RewardModelConfig) -> None:
+        from transformers import AutoModelForTokenClassification
+
+        from llm.loading import (
+            load_tokenizer,
+            pick_device,
+            resolve_model_path,
+            torch_dtype,
+        )
+
+        self.config = config
+        self.device = pick_device(config.device)
+        self.tokenizer = load_tokenizer(config.model)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"reward_model.model: {config.model} has no fast tokenizer (step positions need offsets)")
+        self.model = AutoModelForTokenClassification.from_pretrained(
+            resolve_model_path(config.model), dtype=torch_dtype(config.dtype, self.device)).to(self.device).eval()
+        labels = self.model.config.num_labels
+        self.label = 1 if config.label is None else config.label
+        if self.label >= labels:
+            raise ValueError(f"reward_model.label: {self.label} but {config.model} has {labels} labels")
+        self.model_name = config.model
+
+    def text(self, values: list[str]) -> tuple[str, list[int]]:
+        """The prompt and the tagged steps, and the character where each step's tag ends."""
+        tag = self.config.step_tag
+        text, ends = values[0] + "\n\n", []
+        for step in (line.strip() for value in values[1:] for line in value.splitlines()):
+            if step:
+                text += step + tag
+                ends.append(len(text) - 1)
+        return text, ends
+
+    def step_scores(self, values: list[str]) -> tuple[list[float], int]:
+        import torch
+
+        text, ends = self.text(values)
+        encoded = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=self.config.max_length,
+                                 return_offsets_mapping=True)
+        offsets = encoded.pop("offset_mapping")[0].tolist()
+        with torch.inference_mode():
+            probs = self.model(**encoded.to(self.device)).logits.float().softmax(-1)[0, :, self.label].tolist()
+        scores = []
+        for end in ends:  # the token covering the tag's last character (steps cut off by max_length: none)
+            token = next((k for k, (a, b) in enumerate(offsets) if a <= end < b), None)
+            if token is not None:
+                scores.append(probs[token])
+        return scores, len(offsets)
+
+    def judge_batch(self, batch: list[list[str]]) -> list[tuple[dict[str, Any], int]]:
+        out = []
+        for values in batch:  # one at a time: records have different step positions
+            steps, used = self.step_scores(values)
+            judge = {"score": None, "step_scores": [round(p, 6) for p in steps], "solvable": None, "correct": None,
+                     "clarity": None, "difficulty": None, "rationale": None, "judge_model": self.model_name,
+                     "rubric": None, "scorer": "process_reward_model", "error": None if steps else "no_steps"}
+            if steps:
+                judge["score"] = round(aggregate(steps, self.config.aggregate), 6)
+            out.append((judge, used))
+        return out
+
+
+def aggregate(steps: list[float], how: str) -> float:
+    if how == "min":
+        return min(steps)
+    if how == "last":
+        return steps[-1]
+    if how == "mean":
+        return sum(steps) / len(steps)
+    product = 1.0
+    for p in steps:
+        product *= p
+    return product
+
+
+def make_scorer(config: RewardModelConfig):
+    return ProcessRewardScorer(config) if config.kind == "process" else RewardScorer(config)

@@ -379,3 +379,40 @@ def test_engine_and_reward_model_together_are_one_line(tmp_path, capsys, tiny_re
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "give engine (an LLM judge) or reward_model, not both or neither" in err[0]
     assert not (tmp_path / "both").exists()
+
+
+def test_a_process_reward_model_scores_each_step_and_the_record_by_its_worst(tmp_path, tiny_model):
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    prm = tmp_path / "prm"
+    AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=2).save_pretrained(prm)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(prm)
+    rows = [{"id": "a", "source_id": "s", "problem": "Tom has 3 boxes of 4 apples. How many apples?",
+             "solution": "Each box holds 4 apples.\nThree boxes hold 3 * 4 = 12 apples.\n\nThe answer is $\\boxed{12}$."},
+            {"id": "b", "source_id": "s", "problem": "What is 2 + 2?", "solution": "2 + 2 = 4, so \\boxed{4}."}]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    config = {"input": {"paths": [str(data)]}, "output": str(tmp_path / "prm-judged"),
+              "reward_model": {"model": str(prm), "kind": "process", "step_tag": " ки\n", "dtype": "float32",
+                               "device": "cpu"}}
+    path = tmp_path / "prm.yaml"
+    path.write_text(json.dumps(config))
+    assert judge(path) == 0
+    out = {r["id"]: r["judge"] for r in records(tmp_path / "prm-judged")}
+    assert len(out["a"]["step_scores"]) == 3 and len(out["b"]["step_scores"]) == 1  # non-empty lines are steps
+    assert out["a"]["score"] == pytest.approx(min(out["a"]["step_scores"]), abs=1e-6)
+
+    # each step's score is P(label 1) at the last token of the tag after it, computed here directly
+    tokenizer, model = AutoTokenizer.from_pretrained(prm), AutoModelForTokenClassification.from_pretrained(prm).eval()
+    steps = ["Each box holds 4 apples.", "Three boxes hold 3 * 4 = 12 apples.", "The answer is $\\boxed{12}$."]
+    text, ends = rows[0]["problem"] + "\n\n", []
+    for step in steps:
+        text += step + " ки\n"
+        ends.append(len(text) - 1)
+    encoded = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+    offsets = encoded.pop("offset_mapping")[0].tolist()
+    with torch.inference_mode():
+        probs = model(**encoded).logits.softmax(-1)[0, :, 1]
+    direct = [probs[next(k for k, (a, b) in enumerate(offsets) if a <= end < b)].item() for end in ends]
+    assert out["a"]["step_scores"] == pytest.approx(direct, abs=1e-5)
