@@ -99,7 +99,9 @@ class RftSampling(SamplingParams):
 class RftConfig(StrictConfig):
     input: RftInput
     engine: EngineConfig
-    setting: Literal["nl", "tool", "pot"] = "nl"
+    setting: Literal["nl", "tool", "pot", "mixed"] = Field("nl", description="mixed: each round part CoT (nl), "
+                                                                               "part programs (pot)")
+    pot_share: float = Field(0.5, ge=0.0, le=1.0, description="mixed: the share of each round written as programs")
     prompt: Literal["auto", "zero_shot", "few_shot", "chat"] = "auto"
     shots: int = Field(5, ge=0, le=16)
     few_shot_pool: str | None = Field(None, description="exemplar pool (default: gsm8k_train for numbers, "
@@ -177,7 +179,20 @@ def all_problems(config: RftInput, stats) -> Iterator[BenchmarkRecord]:
 
 
 class RftPrompts(PromptMaker):
-    """eval's prompts; few-shot exemplars come from a pool that never shows a problem itself."""
+    """eval's prompts; few-shot exemplars come from a pool that never shows a problem itself.
+    Setting mixed has two: ``natural`` (nl) and ``program`` (pot)."""
+
+    def natural(self, record: BenchmarkRecord):
+        return self._as("nl")(record)
+
+    def program(self, record: BenchmarkRecord):
+        return self._as("pot")(record)
+
+    def _as(self, setting: str) -> "RftPrompts":
+        cache = self.__dict__.setdefault("_by_setting", {})
+        if setting not in cache:
+            cache[setting] = RftPrompts(self.config.model_copy(update={"setting": setting}), tokenizer=self.tokenizer)
+        return cache[setting]
 
     def __call__(self, record: BenchmarkRecord):
         if self.style(record) != "few_shot":
@@ -202,6 +217,7 @@ class Problem:
     record: BenchmarkRecord
     key: str  # request keys derive from it
     prompt: str | list[dict[str, str]]
+    program_prompt: str | list[dict[str, str]] | None = None  # setting mixed: the PoT prompt
     samples: dict[int, dict[str, Any]] = field(default_factory=dict)  # sample index -> sample row
     rounds: int = 0  # complete rounds held
 
@@ -312,8 +328,14 @@ class RftStage(Stage):
                 "cost_usd": round(config.pricing.cost(tokens), 6)}
 
     def problem(self, record: BenchmarkRecord, prompts: RftPrompts, earlier: dict[str, list[dict]]) -> Problem:
-        problem = Problem(record=record, key=content_id(record.id, prompts.prompt_id()), prompt=prompts(record))
-        if self.config.setting != "nl" and not isinstance(problem.prompt, str):
+        if self.config.setting == "mixed":
+            problem = Problem(record=record, key=content_id(record.id, prompts.prompt_id()),
+                              prompt=prompts.natural(record), program_prompt=prompts.program(record))
+            code_prompt = problem.program_prompt
+        else:
+            problem = Problem(record=record, key=content_id(record.id, prompts.prompt_id()), prompt=prompts(record))
+            code_prompt = problem.prompt if self.config.setting != "nl" else ""
+        if not isinstance(code_prompt, str):
             raise UserError(f"setting: {self.config.setting} continues the model's own text, so it needs a raw "
                             "prompt: use prompt zero_shot or few_shot, or a local engine (which renders chat templates)")
         for sample in earlier.pop(record.id, []):
@@ -349,13 +371,17 @@ class RftStage(Stage):
             kept, dropped = [whole[i] for i in selection.kept], selection.dropped
             if len(whole) < len(correct):
                 dropped["truncated"] = len(correct) - len(whole)
-            pairs = preference_pairs(kept, wrong, config.max_pairs_per_problem)
+            for setting in dict.fromkeys(sample.get("setting") for sample in kept):  # a pair shares one prompt
+                same = [w for w in wrong if w.get("setting") == setting]
+                mine = [k for k in kept if k.get("setting") == setting]
+                pairs += preference_pairs(mine, same, config.max_pairs_per_problem - len(pairs))
         for sample in kept:
             work.writer.write(sft_row(problem, sample, label, source))
         for chosen, rejected in pairs:
             work.side("pairs").write({
                 "id": content_id(record.id, chosen["id"], rejected["id"]), "problem_id": record.id,
-                "prompt": problem.prompt, "chosen": as_reply(problem, chosen), "rejected": as_reply(problem, rejected),
+                "prompt": prompt_for(problem, chosen), "chosen": as_reply(problem, chosen),
+                "rejected": as_reply(problem, rejected),
                 "rejected_reason": rejected["verdict"], "rejected_answer": rejected["extracted"],
                 "chosen_id": chosen["id"], "rejected_id": rejected["id"], "gold": label, "label_source": source})
         tokens = Counter()
@@ -379,20 +405,28 @@ class RftStage(Stage):
                 f"without a majority label); cost ${counts.get('cost_usd', 0):.4f}")
 
 
+def prompt_for(problem: Problem, sample: dict[str, Any]) -> str | list[dict[str, str]]:
+    """The prompt a sample answered (setting mixed: a program sample answered the PoT prompt)."""
+    if sample.get("setting") == "pot" and problem.program_prompt is not None:
+        return problem.program_prompt
+    return problem.prompt
+
+
 def sft_row(problem: Problem, sample: dict[str, Any], label: str, source: str) -> dict[str, Any]:
     record = problem.record
     row: dict[str, Any] = {"id": sample["id"], "problem_id": record.id, "benchmark": record.benchmark}
-    if isinstance(problem.prompt, str):
-        row.update(prompt=problem.prompt, completion=sample["completion"])
+    prompt = prompt_for(problem, sample)
+    if isinstance(prompt, str):
+        row.update(prompt=prompt, completion=sample["completion"])
     else:
-        row["messages"] = [*problem.prompt, {"role": "assistant", "content": sample["completion"]}]
+        row["messages"] = [*prompt, {"role": "assistant", "content": sample["completion"]}]
     return {**row, "gold": label, "label_source": source, "extracted": sample["extracted"],
             "sample_index": sample["sample_index"], "model": sample["model"]}
 
 
 def as_reply(problem: Problem, sample: dict[str, Any]) -> str | list[dict[str, str]]:
     """A solution in the prompt's form (TRL's standard or conversational preference format)."""
-    if isinstance(problem.prompt, str):
+    if isinstance(prompt_for(problem, sample), str):
         return sample["completion"]
     return [{"role": "assistant", "content": sample["completion"]}]
 
@@ -473,10 +507,17 @@ class Sampler:
             else:
                 active.append(problem)
         while active:
-            if self.config.setting == "nl":
-                self.nl_wave(active, out)
+            setting, k = self.config.setting, self.config.k
+            if setting == "nl":
+                self.nl_wave(active, out, k, 0)
+            elif setting == "mixed":  # the first part of each round CoT, the rest programs
+                programs = round(k * self.config.pot_share)
+                if k - programs:
+                    self.nl_wave(active, out, k - programs, 0)
+                if programs:
+                    self.tool_wave(active, out, programs, k - programs, "pot")
             else:
-                self.tool_wave(active, out)
+                self.tool_wave(active, out, k, 0, setting)
             still = []
             for problem in active:
                 problem.rounds += 1
@@ -489,21 +530,22 @@ class Sampler:
     def round_key(self, problem: Problem) -> str:
         return f"{problem.key}#r{problem.rounds}"
 
-    def nl_wave(self, active: list[Problem], out) -> None:
+    def nl_wave(self, active: list[Problem], out, n: int, offset: int) -> None:
+        """``n`` CoT samples per problem, at sample indices round * k + offset + i."""
         config, k = self.config, self.config.k
         by_key = {}
         requests = []
         for problem in active:
             key = self.round_key(problem)
             by_key[key] = problem
-            sampling = config.sampling.model_copy(update={"n": k, "seed": round_seed(config, key)})
+            sampling = config.sampling.model_copy(update={"n": n, "seed": round_seed(config, key)})
             if isinstance(problem.prompt, str):
                 requests.append(GenerationRequest(id=key, sampling=sampling, prompt=problem.prompt))
             else:
                 requests.append(GenerationRequest(id=key, sampling=sampling, messages=tuple(problem.prompt)))
         for result in self.engine.generate(requests):
             problem = by_key.pop(result.request_id)
-            first = problem.rounds * k
+            first = problem.rounds * k + offset
             texts = [c.text for c in result.completions]
             answers = [extract(problem.record, t) for t in texts]
             verdicts = self.grade(problem, answers)
@@ -512,9 +554,10 @@ class Sampler:
                           "completion_tokens": result.usage.completion_tokens} if i == 0 else
                          {"prompt_tokens": 0, "completion_tokens": 0})
                 self.keep(problem, out, first + i, completion.text, completion.finish_reason, verdict,
-                          result.request_id, usage, cached=result.cached)
+                          result.request_id, usage, cached=result.cached, setting="nl")
 
-    def tool_wave(self, active: list[Problem], out) -> None:
+    def tool_wave(self, active: list[Problem], out, n: int, offset: int, setting: str) -> None:
+        """``n`` tool-integrated or program samples per problem, at indices round * k + offset + i."""
         from data.text import last_code_block
         from eval.tool_loop import Trajectory, execution_record, solve_with_tools
 
@@ -522,19 +565,20 @@ class Sampler:
         owners: dict[str, tuple[Problem, int]] = {}
         trajectories = []
         for problem in active:
-            for i in range(k):
+            prompt = problem.program_prompt if problem.program_prompt is not None else problem.prompt
+            for i in range(offset, offset + n):
                 index = problem.rounds * k + i
                 if index in problem.samples:
                     continue  # drawn before a kill
                 key = f"{self.round_key(problem)}#{i}"
                 sampling = config.sampling.model_copy(update={"n": 1, "seed": round_seed(config, key)})
-                trajectories.append(Trajectory(key=key, prompt=problem.prompt, sampling=sampling))
+                trajectories.append(Trajectory(key=key, prompt=prompt, sampling=sampling))
                 owners[key] = (problem, index)
         sandbox = self.sandbox
-        rounds = config.max_rounds if config.setting == "tool" else 0
+        rounds = config.max_rounds if setting == "tool" else 0
         for trajectory in solve_with_tools(trajectories, self.engine, sandbox, max_rounds=rounds):
             problem, index = owners.pop(trajectory.key)
-            if config.setting == "pot":
+            if setting == "pot":
                 code = last_code_block(trajectory.text)
                 if code is not None:
                     trajectory.executions.append(execution_record(code, sandbox.run_many([code])[0]))
@@ -545,7 +589,7 @@ class Sampler:
             usage = {"prompt_tokens": trajectory.usage.prompt_tokens,
                      "completion_tokens": trajectory.usage.completion_tokens}
             self.keep(problem, out, index, trajectory.text, trajectory.finish_reason, verdict, trajectory.key, usage,
-                      executions=trajectory.executions)
+                      executions=trajectory.executions, setting=setting)
 
     def grade(self, problem: Problem, answers: list[str | None]) -> list[dict[str, Any]]:
         if problem.has_reference:

@@ -312,3 +312,49 @@ def test_program_solutions_run_in_the_sandbox(tmp_path, setting):
     else:
         assert len(kept) == 2
     assert all(re.match(r"```python\nprint\(", p["rejected"]) for p in rows(tmp_path / "pot", "pairs"))
+
+
+class MixedWriter(Engine):
+    """Setting mixed: a CoT request (n samples) gets one right boxed answer then wrong ones; each
+    program trajectory prints the gold answer for the first program of a round, else a wrong one."""
+
+    model_name = "mixed"
+
+    def generate(self, requests):
+        for request in requests:
+            self.calls += 1
+            gold = next(p.gold for p in PROBLEMS if p.question.strip() in request.prompt)
+            program = re.search(r"#r\d+#(\d+)$", request.id)
+            if program is None:
+                texts = [f"Adding up, the answer is \\boxed{{{gold if i == 0 else int(gold) + 7 + i}}}."
+                         for i in range(request.sampling.n)]
+            else:
+                index = int(program.group(1))
+                texts = [f"```python\nprint({gold} + {index - 2})\n```"]  # index 2 is the round's first program
+            yield GenerationResult(request.id, [Completion(t, "stop", 9) for t in texts], Usage(20, 9 * len(texts)))
+
+
+def test_mixed_rounds_sample_cot_and_programs_and_keep_each_with_its_own_prompt(tmp_path):
+    config = RftConfig.model_validate({
+        "input": {"benchmarks": ["gsm8k_train"], "limit": 2}, "engine": {"kind": "hf", "model": "mixed"},
+        "setting": "mixed", "pot_share": 0.5, "prompt": "zero_shot", "k": 4, "wanted_correct": 2, "max_samples": 4,
+        "max_per_problem": 4, "sandbox": {"workers": 1}, "output": str(tmp_path / "mixed")})
+    run_rft(config, Shard(0, 1), engine=MixedWriter())
+    samples = rows(tmp_path / "mixed", "samples")
+    assert len(samples) == 8
+    for sample in samples:  # two CoT samples then two programs per round
+        assert sample["setting"] == ("nl" if sample["sample_index"] < 2 else "pot")
+        assert sample["correct"] == (sample["sample_index"] in (0, 2))
+        assert bool(sample.get("executions")) == (sample["setting"] == "pot")
+    kept = rows(tmp_path / "mixed")
+    assert len(kept) == 4  # per problem: its right CoT answer and its right program
+    by_id = {s["id"]: s for s in samples}
+    for row in kept:
+        written_as_program = row["completion"].startswith("```python")
+        assert by_id[row["id"]]["setting"] == ("pot" if written_as_program else "nl")
+    prompts = {(row["problem_id"], row["completion"].startswith("```python")): row["prompt"] for row in kept}
+    for problem in PROBLEMS[:2]:
+        assert prompts[(problem.id, True)] != prompts[(problem.id, False)]  # each answered its own prompt
+    for pair in rows(tmp_path / "mixed", "pairs"):  # a pair never mixes the two kinds
+        assert by_id[pair["chosen_id"]]["setting"] == by_id[pair["rejected_id"]]["setting"]
+        assert pair["prompt"] == prompts[(pair["problem_id"], by_id[pair["chosen_id"]]["setting"] == "pot")]
