@@ -243,20 +243,23 @@ class JudgeStage(Stage):
             advance(len(batch))
             batch.clear()
 
-        with work.progress("record") as advance:
-            for record_id, row, values in self.rows(work.shard, stats):
-                counts["rows"] += 1
-                if record_id in writer:
-                    counts["resumed_done"] += 1
-                elif record_id in seen:
-                    counts["duplicate_ids"] += 1
-                else:
-                    seen.add(record_id)
-                    batch.append((record_id, row, values))
-                    if len(batch) == self.config.reward_model.batch_size:
-                        flush()
-            if batch:
-                flush()
+        try:
+            with work.progress("record") as advance:
+                for record_id, row, values in self.rows(work.shard, stats):
+                    counts["rows"] += 1
+                    if record_id in writer:
+                        counts["resumed_done"] += 1
+                    elif record_id in seen:
+                        counts["duplicate_ids"] += 1
+                    else:
+                        seen.add(record_id)
+                        batch.append((record_id, row, values))
+                        if len(batch) == self.config.reward_model.batch_size:
+                            flush()
+                if batch:
+                    flush()
+        finally:
+            getattr(scorer, "close", lambda: None)()
         writer.flush()
         return {**counts, **shard_verdicts(writer.path), "cost_usd": 0.0}
 

@@ -6,6 +6,8 @@ The first shown field is the prompt and the rest, joined, the response.
   model). When the tokenizer has a chat template the pair is rendered as a user and an
   assistant turn (how reward models are trained), else as the two texts one after the other.
   The score is the head's logit (for a head with several labels, the one ``label`` names).
+  With ``backend: vllm`` the same model runs on vLLM's pooling runner (``LLM.classify``, which
+  gives the sigmoid of a one-label head: the logit is taken back from it).
 * ``kind: process``: a token-classification checkpoint (a process reward model, Math-Shepherd
   style): the response is cut into steps (non-empty lines), each step is followed by
   ``step_tag``, and a step's score is the probability of label ``label`` (default 1, "good") at
@@ -14,6 +16,7 @@ The first shown field is the prompt and the rest, joined, the response.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field
@@ -27,6 +30,9 @@ class RewardModelConfig(StrictConfig):
                                                                        "process: a score per step")
     step_tag: str = Field("\n", min_length=1, description="process: what follows each step (the model's own tag)")
     aggregate: Literal["min", "mean", "last", "product"] = "min"
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: its pooling runner "
+                                                                                "(outcome models with one label)")
+    engine_kwargs: dict = Field(default_factory=dict, description="vllm: passed to vllm.LLM as is")
     max_length: int = Field(2048, ge=16, description="tokens scored per record (longer ones are cut at the end)")
     label: int | None = Field(None, ge=0, description="the logit that is the reward (default: the only one)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -167,5 +173,43 @@ def aggregate(steps: list[float], how: str) -> float:
     return product
 
 
+class VllmRewardScorer(RewardScorer):
+    """An outcome reward model on vLLM's pooling runner; texts rendered as in ``RewardScorer``."""
+
+    def __init__(self, config: RewardModelConfig) -> None:
+        import vllm
+        from transformers import AutoConfig
+
+        from llm.loading import load_tokenizer, pick_device, resolve_model_path
+
+        self.config, self.model_name = config, config.model
+        path = resolve_model_path(config.model)
+        labels = AutoConfig.from_pretrained(path).num_labels
+        if labels != 1 or config.label not in (None, 0):
+            raise ValueError(f"reward_model.backend: vllm scores one-label heads; {config.model} has {labels} labels "
+                             f"(use backend: transformers)")
+        self.tokenizer = load_tokenizer(config.model)
+        kwargs = {"model": path, "runner": "pooling", "max_model_len": config.max_length,
+                  "dtype": "float32" if config.dtype == "auto" and pick_device(config.device) == "cpu" else config.dtype,
+                  **config.engine_kwargs}
+        self.llm = vllm.LLM(**kwargs)
+
+    def score(self, batch: list[list[str]]) -> tuple[list[float], list[int]]:
+        ids = [self.tokenizer(self.text(values))["input_ids"][: self.config.max_length] for values in batch]
+        outputs = self.llm.classify([{"prompt_token_ids": row} for row in ids], use_tqdm=False)
+        scores = []
+        for output in outputs:
+            p = min(max(float(output.outputs.probs[0]), 1e-12), 1 - 1e-12)
+            scores.append(math.log(p) - math.log1p(-p))  # the logit the sigmoid came from
+        return scores, [len(row) for row in ids]
+
+    def close(self) -> None:
+        self.__dict__.pop("llm", None)
+
+
 def make_scorer(config: RewardModelConfig):
-    return ProcessRewardScorer(config) if config.kind == "process" else RewardScorer(config)
+    if config.kind == "process":
+        if config.backend == "vllm":
+            raise ValueError("reward_model.backend: vllm scores outcome models; a process model needs transformers")
+        return ProcessRewardScorer(config)
+    return VllmRewardScorer(config) if config.backend == "vllm" else RewardScorer(config)

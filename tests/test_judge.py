@@ -416,3 +416,22 @@ def test_a_process_reward_model_scores_each_step_and_the_record_by_its_worst(tmp
         probs = model(**encoded).logits.softmax(-1)[0, :, 1]
     direct = [probs[next(k for k, (a, b) in enumerate(offsets) if a <= end < b)].item() for end in ends]
     assert out["a"]["step_scores"] == pytest.approx(direct, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_reward_model_on_vllm_gives_the_scores_of_transformers(tmp_path, tiny_reward_model):
+    rows = case_rows(5)
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    scores = {}
+    for backend in ("transformers", "vllm"):
+        config = {"input": {"paths": [str(data)]}, "output": str(tmp_path / backend),
+                  "reward_model": {"model": str(tiny_reward_model), "backend": backend, "dtype": "float32",
+                                   "device": "cpu", "max_length": 512,
+                                   **({"engine_kwargs": {"enforce_eager": True}} if backend == "vllm" else {})}}
+        path = tmp_path / f"{backend}.yaml"
+        path.write_text(json.dumps(config))
+        assert judge(path) == 0
+        scores[backend] = {r["id"]: r["judge"]["score"] for r in records(tmp_path / backend)}
+    assert sorted(scores["vllm"]) == sorted(r["id"] for r in rows)
+    for record_id, score in scores["transformers"].items():
+        assert scores["vllm"][record_id] == pytest.approx(score, abs=1e-3)
