@@ -297,7 +297,7 @@ def test_the_example_config_and_the_shipped_rubric_are_valid():
     assert stage.rubric.id and config.sampling.temperature == 0.0
     assert stage.manifest_config()["rubric_hash"] == JudgeStage(config.model_copy(update={"rubric": str(DEFAULT_RUBRIC)})).manifest_config()["rubric_hash"]
     prompt = stage.prompter.render({"problem": "What is $\\frac{1}{2}$ of {record}?", "solution": "S"})
-    assert "## Problem\nWhat is $\\frac{1}{2}$ of {record}?" in prompt and '"score": 7' in prompt
+    assert "## Problem\nWhat is $\\frac{1}{2}$ of {record}?" in prompt and '"score": <1-10>' in prompt
 
 
 def test_a_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path, scripted_judge, capsys):
@@ -435,3 +435,15 @@ def test_the_reward_model_on_vllm_gives_the_scores_of_transformers(tmp_path, tin
     assert sorted(scores["vllm"]) == sorted(r["id"] for r in rows)
     for record_id, score in scores["transformers"].items():
         assert scores["vllm"][record_id] == pytest.approx(score, abs=1e-3)
+
+
+def test_a_judge_copying_the_rubrics_answer_line_gets_no_score():
+    """SmolLM2-135M judging JiuZhang3.0 rows copied the rubric's example answer verbatim (a score
+    of 7 for anything); the rubric shows placeholders, so a copy is unreadable, not a score."""
+    import yaml
+
+    from eval.judge import DEFAULT_RUBRIC
+
+    answer_line = yaml.safe_load(DEFAULT_RUBRIC.read_text())["prompt"].strip().splitlines()[-1]
+    verdict = parse_verdict(answer_line)
+    assert verdict.score is None and verdict.error == "bad_json"
