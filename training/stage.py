@@ -83,15 +83,27 @@ def run_training(stage: TrainingStage) -> dict[str, Any]:
     if not accelerator.is_main_process:
         if process_zero_decides(accelerator) == TRAIN:
             stage.train(None)
-        accelerator.end_training()
+        finish_processes(accelerator)
         return {}
     try:
         manifest = run_stage(stage, Shard(0, 1))
     finally:
         if not stage.training_started:  # sealed already, or refused: the others must not wait
             process_zero_decides(accelerator, STOP)
-    accelerator.end_training()
+    finish_processes(accelerator)
     return manifest
+
+
+def finish_processes(accelerator) -> None:
+    """End the trackers, then take the process group down together: a process that exits while
+    another still holds its gloo connections can abort at exit ("terminate called without an
+    active exception", seen once in CI on a 2-process pretrain job) and fail the launch."""
+    import torch.distributed as dist
+
+    accelerator.end_training()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _fsdp_on_cpu(accelerator) -> None:
