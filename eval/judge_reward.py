@@ -40,23 +40,23 @@ class RewardModelConfig(StrictConfig):
     batch_size: int = operational(8, ge=1)
 
 
+def load_head(config: RewardModelConfig, auto_class: str):
+    """(device, tokenizer, model) of a reward model checkpoint, the head class named by ``auto_class``."""
+    import transformers
+
+    from llm.loading import load_tokenizer, pick_device, resolve_model_path, torch_dtype
+
+    device = pick_device(config.device)
+    model = getattr(transformers, auto_class).from_pretrained(
+        resolve_model_path(config.model), dtype=torch_dtype(config.dtype, device)).to(device).eval()
+    return device, load_tokenizer(config.model), model
+
+
 class RewardScorer:
     def __init__(self, config: RewardModelConfig) -> None:
-        from transformers import AutoModelForSequenceClassification
-
-        from llm.loading import (
-            load_tokenizer,
-            pick_device,
-            resolve_model_path,
-            torch_dtype,
-        )
-
         self.config = config
-        self.device = pick_device(config.device)
-        self.tokenizer = load_tokenizer(config.model)
+        self.device, self.tokenizer, self.model = load_head(config, "AutoModelForSequenceClassification")
         self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(config.model), dtype=torch_dtype(config.dtype, self.device)).to(self.device).eval()
         if self.model.config.pad_token_id is None:  # batched scoring finds each row's last token by it
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         labels = self.model.config.num_labels
@@ -99,22 +99,10 @@ class ProcessRewardScorer:
     """Per-step scores from a token-classification head at each step's tag (module doc)."""
 
     def __init__(self, config: RewardModelConfig) -> None:
-        from transformers import AutoModelForTokenClassification
-
-        from llm.loading import (
-            load_tokenizer,
-            pick_device,
-            resolve_model_path,
-            torch_dtype,
-        )
-
         self.config = config
-        self.device = pick_device(config.device)
-        self.tokenizer = load_tokenizer(config.model)
+        self.device, self.tokenizer, self.model = load_head(config, "AutoModelForTokenClassification")
         if not self.tokenizer.is_fast:
             raise ValueError(f"reward_model.model: {config.model} has no fast tokenizer (step positions need offsets)")
-        self.model = AutoModelForTokenClassification.from_pretrained(
-            resolve_model_path(config.model), dtype=torch_dtype(config.dtype, self.device)).to(self.device).eval()
         labels = self.model.config.num_labels
         self.label = 1 if config.label is None else config.label
         if self.label >= labels:

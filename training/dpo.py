@@ -31,6 +31,7 @@ from data.config_base import StrictConfig, operational
 from data.errors import ConfigError, InputError
 from data.jsonl import iter_json_objects
 from data.storage import ShardWriter, describe_input
+from training.model import move_into
 from training.settings import LoraSettings
 from training.stage import TrainingStage, run_training
 
@@ -315,11 +316,7 @@ def save_model(trainer, tokenizer, config: DpoConfig) -> None:
             merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)
-        for item in tmp.iterdir():
-            if (output / item.name).is_dir():  # an adapter/ of an earlier attempt
-                shutil.rmtree(output / item.name)
-            os.replace(item, output / item.name)
-        tmp.rmdir()
+        move_into(tmp, output)
     accelerator.wait_for_everyone()
 
 

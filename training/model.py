@@ -76,12 +76,17 @@ def save_trained_model(accelerator, model, tokenizer, settings: TrainingSettings
             state_dict = {key: value for key, value in state_dict.items() if key in names}
         unwrapped.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        for item in tmp.iterdir():
-            if (output / item.name).is_dir():  # an adapter/ of an earlier attempt
-                shutil.rmtree(output / item.name)
-            os.replace(item, output / item.name)
-        tmp.rmdir()
+        move_into(tmp, output)
     accelerator.wait_for_everyone()
+
+
+def move_into(tmp: Path, output: Path) -> None:
+    """The files of a finished save, from its temporary folder into the output (one rename each)."""
+    for item in tmp.iterdir():
+        if (output / item.name).is_dir():  # an adapter/ of an earlier attempt
+            shutil.rmtree(output / item.name)
+        os.replace(item, output / item.name)
+    tmp.rmdir()
 
 
 def _sharded(accelerator) -> bool:
