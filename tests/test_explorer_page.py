@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-from selenium.common.exceptions import NoAlertPresentException, WebDriverException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -105,7 +105,9 @@ def open_page(driver, url: str, state: str = "") -> WebDriverWait:
     """Load the page fresh at a hash state and wait for its dataset list."""
     driver.get("about:blank")
     driver.get(url + ("#" + state if state else ""))
-    wait = WebDriverWait(driver, WAIT_S)
+    # The page redraws parts of itself after each click (the state is in the URL hash): an element
+    # found a moment before can be replaced, so a wait retries instead of failing on a stale one.
+    wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=[StaleElementReferenceException])
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
     return wait
 
